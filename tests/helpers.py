@@ -37,3 +37,41 @@ def central_difference(f, x: np.ndarray, h: float = FD_STEP) -> np.ndarray:
         e = e.reshape(x.shape)
         flat[i] = (float(f(x + e)) - float(f(x - e))) / (2 * h)
     return grad
+
+# --- distributions (steps 1-3) -------------------------------------------------------------------
+# Monte-Carlo checks of samplers: |estimate - target| <= SAMPLE_N_SE standard errors. With fixed
+# keys the test is deterministic; 5 SE would fail a correct sampler with probability ~6e-7.
+SAMPLE_N_SE = 5.0
+# The contract for step02/step03 metrics vs numpy on the same file (float64 computation).
+RTOL_NUMPY_CONTRACT = 1e-6
+
+# --- reference_numpy ---------------------------------------------------------------------------
+# float32 conv/CNN logits vs the same computation in float64: sums of <= 1600 O(1) products, each
+# rounded at 6e-8 relative; 1e-5 absolute covers sqrt(1600) * eps * |terms| with margin.
+ATOL_REFNP_F32_VALUES = 1e-5
+# float32 whole-CNN gradients vs float64: dw sums over N*OH*OW pixels with cancellation, so small
+# entries lose relative precision; compare at 1e-3 relative plus 1e-6 absolute (grads are O(1e-2)).
+RTOL_REFNP_F32_GRADS = 1e-3
+ATOL_REFNP_F32_GRADS = 1e-6
+# Adam hand example: the eps = 1e-8 in the denominator moves a 0.1 step by ~1e-8 relative; the
+# literal digits written by hand carry 7 significant figures.
+RTOL_ADAM_HAND = 1e-7
+RTOL_ADAM_HAND_DIGITS = 1e-6
+# numpy Adam vs optax.adam, 20 float32 steps: same operation order, but optax computes 1 - b**t in
+# float32 while numpy rounds it from float64; parameters of O(1) move by <= 2e-2 in total.
+RTOL_ADAM_OPTAX_F32 = 2e-5
+ATOL_ADAM_OPTAX_F32 = 1e-6
+
+# --- nn / cnn ------------------------------------------------------------------------------------
+# float32 convolution/matmul vs a float64 loop or another float32 formulation: sums of up to
+# kh*kw*c <= 300 products of O(1) numbers, each rounded at 6e-8 relative.
+RTOL_CONV_F32 = 1e-5
+ATOL_CONV_F32 = 1e-5
+# JAX CNN vs reference_numpy, both float32, same params/batch/dropout mask: different summation
+# orders in matmuls of up to 15,488 terms (conv2 kernel gradient over 128 x 11 x 11 positions).
+RTOL_CNN_REF_F32 = 1e-4
+ATOL_CNN_REF_F32 = 1e-5
+# parameters after 20 Adam steps (optax vs reference Adam): Adam divides by sqrt(v), so gradient
+# rounding differences of ~1e-6 relative become update differences of ~lr * 1e-6 per step; elements
+# whose gradients nearly cancel can differ more, bounded by 2 * lr per step.
+ATOL_ADAM_TRAJ_F32 = 2e-5
