@@ -8,6 +8,11 @@ Vendored data (see ``dlx_jax/_datasets/PROVENANCE.md``):
 * :func:`load_old_faithful` — Old Faithful, 272 × 2 (eruption minutes, waiting minutes).
 * :func:`load_galton_heights` — 481 sons' heights from Galton's family data, in cm.
 * :func:`load_galton_father_son` — the matching (father, son) pairs, 481 × 2, in cm.
+
+Image datasets and batching live in :mod:`dlx_jax.image_data` and are re-exported here:
+:func:`load_dataset` (``"mnist-5k"`` embedded, ``"mnist"``, ``"fashion-mnist"``), :class:`ImageDataset`,
+:func:`read_idx`, :func:`load_idx_dir`, :func:`to_float_images`, :func:`batch_indices`,
+:func:`iterate_batches`.
 """
 
 from __future__ import annotations
@@ -19,9 +24,30 @@ from pathlib import Path
 
 import numpy as np
 
+from dlx_jax.image_data import (
+    DATASET_NAMES,
+    IDX_FILES,
+    ImageDataset,
+    batch_indices,
+    iterate_batches,
+    load_dataset,
+    load_idx_dir,
+    read_idx,
+    to_float_images,
+)
+
 __all__ = [
     "DATASETS_DIR",
+    "DATASET_NAMES",
+    "IDX_FILES",
     "INCH_TO_CM",
+    "ImageDataset",
+    "batch_indices",
+    "iterate_batches",
+    "load_dataset",
+    "load_idx_dir",
+    "read_idx",
+    "to_float_images",
     "load_galton_father_son",
     "load_galton_heights",
     "load_old_faithful",
@@ -55,7 +81,9 @@ def load_table(path: str | Path, *, ncols: int | None = None) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--data file {str(path)!r} does not exist; pass a path to a text file of numbers")
+        raise FileNotFoundError(
+            f"--data file {str(path)!r} does not exist; pass a path to a text file of numbers"
+        )
     rows: list[list[float]] = []
     width = None
     for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
@@ -85,7 +113,9 @@ def load_table(path: str | Path, *, ncols: int | None = None) -> np.ndarray:
         raise ValueError(f"{path} holds no numbers; pass a file with one sample per line")
     data = np.asarray(rows, dtype=np.float64)
     if ncols is not None and data.shape[1] != ncols:
-        raise ValueError(f"{path} has {data.shape[1]} columns but this step needs {ncols}; pass a {ncols}-column file")
+        raise ValueError(
+            f"{path} has {data.shape[1]} columns but this step needs {ncols}; pass a {ncols}-column file"
+        )
     return data[:, 0] if data.shape[1] == 1 else data
 
 
