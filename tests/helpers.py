@@ -75,3 +75,25 @@ ATOL_CNN_REF_F32 = 1e-5
 # rounding differences of ~1e-6 relative become update differences of ~lr * 1e-6 per step; elements
 # whose gradients nearly cancel can differ more, bounded by 2 * lr per step.
 ATOL_ADAM_TRAJ_F32 = 2e-5
+
+# --- mixture -------------------------------------------------------------------------------------
+# a full EM fit vs scikit-learn, float64, same init: ~1e-14 per update, amplified by the EM
+# contraction over tens of updates (sklearn centres per component, we centre on the data mean).
+RTOL_EM_FIT_F64 = 1e-8
+# float32 EM vs a float64 reference after a few updates: float32 moments about the data mean.
+RTOL_EM_F32 = 1e-3
+# the book's printed numbers (step 5) are rounded to 3-4 decimals.
+ATOL_BOOK_3DP = 5e-4
+
+# --- vae / hvae / training (issue 4) -----------------------------------------------------------
+# Monte Carlo vs closed form: |estimate - exact| within this many standard errors (false-alarm
+# probability ~6e-7 per check for a Gaussian-distributed mean).
+MC_SIGMAS = 5.0
+# float32 model maths (784-wide sums of squares, softplus, exp of log-variances) vs a float64 numpy
+# loop: relative rounding ~1e-6 per term accumulated over hundreds of terms.
+RTOL_VAE_F32 = 1e-5
+ATOL_VAE_F32 = 1e-4
+# gradients of the VAE losses in float64 vs central differences (ReLU kinks are avoided with random
+# inputs; the loss is O(10) so eps/h rounding is ~1e-9 relative).
+RTOL_FD_VAE = 1e-5
+ATOL_FD_VAE = 1e-7
