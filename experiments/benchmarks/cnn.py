@@ -1,0 +1,170 @@
+"""Benchmark section "cnn": one training step of the seed CNN (batch 128, forward + backward + Adam).
+
+Rows, all measured in this process on the same random batch (28x28x1 images in [0, 1], labels 0-9):
+
+* ``cnn_jax``: ``dlx_jax.cnn`` with the library defaults (im2col convolution: static slices +
+  concatenate + one matmul; pooling by reshape + running first-maximum), ``optax.adam(1e-3)``,
+  jitted with params and optimizer state donated.
+* ``cnn_jax_lax``: the same step with XLA's own convolution (``conv_impl="lax"``), and
+  ``cnn_jax_stock``: XLA's convolution and ``lax.reduce_window`` pooling — the plain formulation.
+* ``cnn_numpy``: ``reference_numpy`` (im2col/col2im, written for clarity) ``loss_and_grads`` + ``Adam``.
+* ``cnn_torch``: an equivalent PyTorch CPU model (``torch.nn.Conv2d`` NCHW, ``torch.optim.Adam``) with
+  ``torch.set_num_threads(os.cpu_count())``; skipped with a note when torch is not importable.
+
+Every row's first call (compilation for JAX) is timed separately with :func:`time_call`; the
+steady-state calls are then interleaved round-robin (one call of each row per round) so that load
+from other processes on a shared machine hits every row alike; medians are reported. Ratios:
+``ratio_cnn_jax_over_torch`` (goal <= 0.7), ``ratio_cnn_numpy_over_jax``,
+``ratio_cnn_lax_over_im2col``, ``ratio_cnn_stock_over_jax``, ``ratio_cnn_jax_stock_over_torch``.
+``--quick`` uses few rounds.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dlx_jax import cnn
+from experiments.benchmarks._timing import Timing, block, ratio, time_call
+
+NAME = "cnn"
+BATCH = 128
+JAX_VARIANTS = {  # row name -> (conv_impl, pool_impl)
+    "cnn_jax": ("im2col", "reshape"),
+    "cnn_jax_lax": ("lax", "reshape"),
+    "cnn_jax_stock": ("lax", "reduce_window"),
+}
+
+
+def _jax_step(conv_impl: str, pool_impl: str, x, y, seed: int) -> Callable[[], Any]:
+    optimizer = optax.adam(1e-3)
+    step = cnn.make_train_step(optimizer, conv_impl=conv_impl, pool_impl=pool_impl)
+    params = cnn.init_params(jax.random.key(seed))
+    state = [params, optimizer.init(params)]
+    key = jax.random.key(seed + 1)
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+
+    def run():
+        state[0], state[1], value = step(state[0], state[1], xj, yj, key)  # donated: feed back
+        return value
+
+    return run
+
+
+def _numpy_step(x, y, seed: int) -> Callable[[], Any] | str:
+    try:
+        from reference_numpy import cnn as ref_cnn
+        from reference_numpy.adam import Adam
+    except ImportError as err:  # pragma: no cover - reference_numpy is part of the project
+        return f"reference_numpy is not importable: {err}"
+    rng = np.random.default_rng(seed)
+    optimizer = Adam(lr=1e-3)
+    params = ref_cnn.init_params(rng)
+    state = [params, optimizer.init(params)]
+
+    def run():
+        value, grads, _ = ref_cnn.loss_and_grads(state[0], x, y, rng=rng)
+        state[0], state[1] = optimizer.update(grads, state[1], state[0])
+        return value
+
+    return run
+
+
+def _torch_step(x, y, seed: int) -> tuple[Callable[[], Any] | str, dict]:
+    try:
+        import torch
+    except ImportError:
+        return "torch is not importable; install torch (CPU) to time the PyTorch peer", {}
+    torch.manual_seed(seed)
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = torch.nn.Conv2d(1, 32, 3)
+            self.conv2 = torch.nn.Conv2d(32, 64, 3)
+            self.drop = torch.nn.Dropout(0.5)
+            self.dense = torch.nn.Linear(1600, 10)
+
+        def forward(self, v):
+            v = torch.nn.functional.max_pool2d(torch.relu(self.conv1(v)), 2)
+            v = torch.nn.functional.max_pool2d(torch.relu(self.conv2(v)), 2)
+            return self.dense(self.drop(torch.flatten(v, 1)))
+
+    net = Net().train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    yt = torch.from_numpy(y.astype(np.int64))
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        value = torch.nn.functional.cross_entropy(net(xt), yt)
+        value.backward()
+        opt.step()
+        return value.item()
+
+    info = {"torch_version": torch.__version__, "torch_num_threads": threads,
+            "cnn_torch_params": int(sum(p.numel() for p in net.parameters()))}
+    return run, info
+
+
+def _interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, Timing]:
+    """First call of each row via time_call (compile), then ``rounds`` round-robin timed calls."""
+    first = {name: time_call(fn, repeats=1) for name, fn in fns.items()}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            block(fn())
+            times[name].append(time.perf_counter() - start)
+    return {name: Timing(compile_s=first[name].compile_s, median_s=statistics.median(t), times=tuple(t))
+            for name, t in times.items()}
+
+
+def run(config: Any) -> dict:
+    """Time the rows above; returns flat metrics (``*_median_s``, ``*_compile_s``, ``ratio_*``)."""
+    quick = bool(getattr(config, "quick", False))
+    seed = int(getattr(config, "seed", 0))
+    repeats = int(getattr(config, "repeats", 5))
+    rounds = 3 if quick else max(20, 4 * repeats)
+    rng = np.random.default_rng(seed)
+    x = rng.random((BATCH, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, BATCH).astype(np.int32)
+
+    out: dict[str, Any] = {"cnn_batch": BATCH, "cnn_rounds": rounds}
+    fns: dict[str, Callable[[], Any]] = {}
+    for name, (conv_impl, pool_impl) in JAX_VARIANTS.items():
+        fns[name] = _jax_step(conv_impl, pool_impl, x, y, seed)
+    torch_fn, info = _torch_step(x, y, seed)
+    out.update(info)
+    if isinstance(torch_fn, str):
+        out["cnn_torch_skipped"] = torch_fn
+    else:
+        fns["cnn_torch"] = torch_fn
+    timings = _interleaved(fns, rounds)
+    numpy_fn = _numpy_step(x, y, seed)  # slow: timed on its own, fewer calls
+    if isinstance(numpy_fn, str):
+        out["cnn_numpy_skipped"] = numpy_fn
+    else:
+        timings["cnn_numpy"] = time_call(numpy_fn, repeats=2 if quick else max(3, repeats))
+    for name, t in timings.items():
+        out.update(t.metrics(name, compile=name.startswith("cnn_jax")))
+    jax_t = timings["cnn_jax"]
+    out["ratio_cnn_lax_over_im2col"] = ratio(timings["cnn_jax_lax"], jax_t)
+    out["ratio_cnn_stock_over_jax"] = ratio(timings["cnn_jax_stock"], jax_t)
+    if "cnn_numpy" in timings:
+        out["ratio_cnn_numpy_over_jax"] = ratio(timings["cnn_numpy"], jax_t)
+    if "cnn_torch" in timings:
+        out["ratio_cnn_jax_over_torch"] = ratio(jax_t, timings["cnn_torch"])
+        out["ratio_cnn_jax_stock_over_torch"] = ratio(timings["cnn_jax_stock"], timings["cnn_torch"])
+        out["cnn_jax_torch_goal"] = "met" if out["ratio_cnn_jax_over_torch"] <= 0.7 else "not met"
+    return out
