@@ -2,28 +2,33 @@
 
 Rows, all measured in this process on the same random batch (28x28x1 images in [0, 1], labels 0-9):
 
-* ``cnn_jax``: ``dlx_jax.cnn`` with the library defaults (im2col convolution: static slices +
+* ``cnn_jax``: ``dlx_jax.cnn`` with the library defaults (``conv_impl="im2col"``: static slices +
   concatenate + one matmul; pooling by reshape + running first-maximum), ``optax.adam(1e-3)``,
   jitted with params and optimizer state donated.
-* ``cnn_jax_lax``: the same step with XLA's own convolution (``conv_impl="lax"``), and
-  ``cnn_jax_stock``: XLA's convolution and ``lax.reduce_window`` pooling — the plain formulation.
+* ``cnn_jax_auto``: im2col for conv1 (patch length 9), XLA's convolution for conv2 — the fastest
+  single step, but ~15x slower inside a ``lax.scan`` epoch on XLA:CPU, hence not the default;
+  ``cnn_jax_lax``: XLA's convolution in both layers (reshape pooling); ``cnn_jax_stock``: XLA's
+  convolution and ``lax.reduce_window`` pooling — the plain formulation.
+* ``cnn_jax_scan`` / ``cnn_jax_auto_scan`` (not with ``--quick``): seconds per step of a compiled
+  ``dlx_jax.cnn.train_epoch`` (``lax.scan`` over 8 resp. 4 batches) with im2col resp. ``"auto"``
+  convolutions — the proof that ``"auto"`` is slow inside a loop (``ratio_cnn_auto_scan_over_scan``).
 * ``cnn_numpy``: ``reference_numpy`` (im2col/col2im, written for clarity) ``loss_and_grads`` + ``Adam``.
 * ``cnn_torch``: an equivalent PyTorch CPU model (``torch.nn.Conv2d`` NCHW, ``torch.optim.Adam``) with
-  ``torch.set_num_threads(os.cpu_count())``; skipped with a note when torch is not importable.
+  ``torch.set_num_threads(os.cpu_count())``, and ``cnn_torch_1thread`` with one thread (OpenMP
+  threads that spin-wait suffer badly when other processes share the cores, one thread does not);
+  skipped with a note when torch is not importable.
 
-Every row's first call (compilation for JAX) is timed separately with :func:`time_call`; the
-steady-state calls are then interleaved round-robin (one call of each row per round) so that load
-from other processes on a shared machine hits every row alike; medians are reported. Ratios:
-``ratio_cnn_jax_over_torch`` (goal <= 0.7), ``ratio_cnn_numpy_over_jax``,
-``ratio_cnn_lax_over_im2col``, ``ratio_cnn_stock_over_jax``, ``ratio_cnn_jax_stock_over_torch``.
-``--quick`` uses few rounds.
+Every row goes through :func:`time_call` (first call — compilation for JAX — apart, then the
+median of the steady-state calls), one row after the other. The JAX rows run first, then the
+peers, so the libraries' thread pools do not interfere. Ratios: ``ratio_cnn_jax_over_torch``
+(goal <= 0.7), ``ratio_cnn_jax_over_torch_1thread``, ``ratio_cnn_numpy_over_jax``,
+``ratio_cnn_stock_over_jax``, ``ratio_cnn_lax_over_jax``, ``ratio_cnn_auto_over_jax``,
+``ratio_cnn_jax_stock_over_torch``. ``--quick`` uses few repeats.
 """
 
 from __future__ import annotations
 
 import os
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,12 +38,13 @@ import numpy as np
 import optax
 
 from dlx_jax import cnn
-from experiments.benchmarks._timing import Timing, block, ratio, time_call
+from experiments.benchmarks._timing import Timing, ratio, time_call
 
 NAME = "cnn"
 BATCH = 128
 JAX_VARIANTS = {  # row name -> (conv_impl, pool_impl)
     "cnn_jax": ("im2col", "reshape"),
+    "cnn_jax_auto": ("auto", "reshape"),
     "cnn_jax_lax": ("lax", "reshape"),
     "cnn_jax_stock": ("lax", "reduce_window"),
 }
@@ -55,6 +61,28 @@ def _jax_step(conv_impl: str, pool_impl: str, x, y, seed: int) -> Callable[[], A
     def run():
         state[0], state[1], value = step(state[0], state[1], xj, yj, key)  # donated: feed back
         return value
+
+    return run
+
+
+def _jax_epoch(conv_impl: str, x, y, steps: int, seed: int) -> Callable[[], Any]:
+    """A compiled ``lax.scan`` epoch of ``steps`` batches (``dlx_jax.cnn.train_epoch``)."""
+    optimizer = optax.adam(1e-3)
+    params = cnn.init_params(jax.random.key(seed))
+    state = [params, optimizer.init(params)]
+    xs = jnp.asarray(np.concatenate([x] * steps))
+    ys = jnp.asarray(np.concatenate([y] * steps))
+    batches = jnp.arange(steps * len(y), dtype=jnp.int32).reshape(steps, len(y))
+    key = jax.random.key(seed + 1)
+
+    def epoch(p, s):
+        return cnn.train_epoch(p, s, xs, ys, batches, key, optimizer=optimizer, conv_impl=conv_impl)
+
+    epoch_jit = jax.jit(epoch, donate_argnums=(0, 1))
+
+    def run():
+        state[0], state[1], losses = epoch_jit(state[0], state[1])
+        return losses
 
     return run
 
@@ -85,7 +113,6 @@ def _torch_step(x, y, seed: int) -> tuple[Callable[[], Any] | str, dict]:
         return "torch is not importable; install torch (CPU) to time the PyTorch peer", {}
     torch.manual_seed(seed)
     threads = os.cpu_count() or 1
-    torch.set_num_threads(threads)
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -102,7 +129,7 @@ def _torch_step(x, y, seed: int) -> tuple[Callable[[], Any] | str, dict]:
 
     net = Net().train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    xt = torch.from_numpy(np.array(x.transpose(0, 3, 1, 2), order="C"))
     yt = torch.from_numpy(y.astype(np.int64))
 
     def run():
@@ -112,59 +139,65 @@ def _torch_step(x, y, seed: int) -> tuple[Callable[[], Any] | str, dict]:
         opt.step()
         return value.item()
 
-    info = {"torch_version": torch.__version__, "torch_num_threads": threads,
-            "cnn_torch_params": int(sum(p.numel() for p in net.parameters()))}
+    info = {
+        "torch_version": torch.__version__,
+        "torch_num_threads": threads,
+        "cnn_torch_params": int(sum(p.numel() for p in net.parameters())),
+    }
     return run, info
-
-
-def _interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, Timing]:
-    """First call of each row via time_call (compile), then ``rounds`` round-robin timed calls."""
-    first = {name: time_call(fn, repeats=1) for name, fn in fns.items()}
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            block(fn())
-            times[name].append(time.perf_counter() - start)
-    return {name: Timing(compile_s=first[name].compile_s, median_s=statistics.median(t), times=tuple(t))
-            for name, t in times.items()}
 
 
 def run(config: Any) -> dict:
     """Time the rows above; returns flat metrics (``*_median_s``, ``*_compile_s``, ``ratio_*``)."""
     quick = bool(getattr(config, "quick", False))
     seed = int(getattr(config, "seed", 0))
-    repeats = int(getattr(config, "repeats", 5))
-    rounds = 3 if quick else max(20, 4 * repeats)
+    repeats = 3 if quick else max(20, 4 * int(getattr(config, "repeats", 5)))
     rng = np.random.default_rng(seed)
     x = rng.random((BATCH, 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, BATCH).astype(np.int32)
 
-    out: dict[str, Any] = {"cnn_batch": BATCH, "cnn_rounds": rounds}
-    fns: dict[str, Callable[[], Any]] = {}
+    out: dict[str, Any] = {"cnn_batch": BATCH, "cnn_repeats": repeats}
+    timings: dict[str, Timing] = {}
     for name, (conv_impl, pool_impl) in JAX_VARIANTS.items():
-        fns[name] = _jax_step(conv_impl, pool_impl, x, y, seed)
+        timings[name] = time_call(_jax_step(conv_impl, pool_impl, x, y, seed), repeats=repeats)
+    if not quick:  # the same step inside a compiled lax.scan epoch, per step (slow for "auto")
+        for name, impl, steps, reps in (
+            ("cnn_jax_scan", "im2col", 8, 5),
+            ("cnn_jax_auto_scan", "auto", 4, 2),
+        ):
+            t = time_call(_jax_epoch(impl, x, y, steps, seed), repeats=reps)
+            timings[name] = Timing(t.compile_s, t.median_s / steps, tuple(v / steps for v in t.times))
     torch_fn, info = _torch_step(x, y, seed)
     out.update(info)
     if isinstance(torch_fn, str):
         out["cnn_torch_skipped"] = torch_fn
     else:
-        fns["cnn_torch"] = torch_fn
-    timings = _interleaved(fns, rounds)
-    numpy_fn = _numpy_step(x, y, seed)  # slow: timed on its own, fewer calls
+        import torch
+
+        before = torch.get_num_threads()
+        try:
+            for name, threads in (("cnn_torch", info["torch_num_threads"]), ("cnn_torch_1thread", 1)):
+                torch.set_num_threads(threads)
+                timings[name] = time_call(torch_fn, repeats=repeats)
+        finally:
+            torch.set_num_threads(before)
+    numpy_fn = _numpy_step(x, y, seed)  # slow: fewer calls
     if isinstance(numpy_fn, str):
         out["cnn_numpy_skipped"] = numpy_fn
     else:
-        timings["cnn_numpy"] = time_call(numpy_fn, repeats=2 if quick else max(3, repeats))
+        timings["cnn_numpy"] = time_call(numpy_fn, repeats=2 if quick else 5)
     for name, t in timings.items():
         out.update(t.metrics(name, compile=name.startswith("cnn_jax")))
     jax_t = timings["cnn_jax"]
-    out["ratio_cnn_lax_over_im2col"] = ratio(timings["cnn_jax_lax"], jax_t)
-    out["ratio_cnn_stock_over_jax"] = ratio(timings["cnn_jax_stock"], jax_t)
+    for name in ("stock", "lax", "auto"):
+        out[f"ratio_cnn_{name}_over_jax"] = ratio(timings[f"cnn_jax_{name}"], jax_t)
+    if "cnn_jax_scan" in timings:
+        out["ratio_cnn_auto_scan_over_scan"] = ratio(timings["cnn_jax_auto_scan"], timings["cnn_jax_scan"])
     if "cnn_numpy" in timings:
         out["ratio_cnn_numpy_over_jax"] = ratio(timings["cnn_numpy"], jax_t)
     if "cnn_torch" in timings:
         out["ratio_cnn_jax_over_torch"] = ratio(jax_t, timings["cnn_torch"])
+        out["ratio_cnn_jax_over_torch_1thread"] = ratio(jax_t, timings["cnn_torch_1thread"])
         out["ratio_cnn_jax_stock_over_torch"] = ratio(timings["cnn_jax_stock"], timings["cnn_torch"])
         out["cnn_jax_torch_goal"] = "met" if out["ratio_cnn_jax_over_torch"] <= 0.7 else "not met"
     return out

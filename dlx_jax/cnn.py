@@ -1,0 +1,312 @@
+"""The seed CNN for MNIST-sized images, built from :mod:`dlx_jax.nn`.
+
+Architecture (34,826 parameters)::
+
+    (n, 28, 28, 1) -> conv 32 3x3 valid + bias -> ReLU -> max-pool 2x2 (26 -> 13)
+                   -> conv 64 3x3 valid + bias -> ReLU -> max-pool 2x2 (11 -> 5, floor)
+                   -> flatten (n, 1600) in (h, w, c) order -> dropout 0.5 (train only)
+                   -> dense 10 -> softmax cross-entropy (mean over the batch)
+
+Parameters are the nested dict ``{"conv1": {"w", "b"}, "conv2": {"w", "b"}, "dense": {"w", "b"}}``
+with HWIO conv kernels and a ``(1600, 10)`` dense matrix — exactly the layout of
+``reference_numpy.cnn``, so no converter is needed. Training uses ``optax.adam``; an epoch is one
+``lax.scan`` over a ``(num_batches, batch_size)`` index matrix (see
+``dlx_jax.data.batch_indices``) with per-step dropout keys ``jax.random.fold_in(key, step)``.
+
+Everything here is pure and undecorated; jit at the call site (``jax.jit(train_epoch,
+static_argnames=("optimizer",), donate_argnums=(0, 1))``) or use :func:`make_train_step`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from dlx_jax import nn
+
+__all__ = [
+    "IMAGE_SHAPE",
+    "NUM_CLASSES",
+    "accuracy",
+    "apply",
+    "count_params",
+    "evaluate",
+    "init_params",
+    "load_params",
+    "loss",
+    "make_train_step",
+    "predict",
+    "save_params",
+    "train_epoch",
+    "train_step",
+]
+
+IMAGE_SHAPE = (28, 28, 1)
+NUM_CLASSES = 10
+_LAYERS = {"conv1": ((3, 3, 1, 32), (32,)), "conv2": ((3, 3, 32, 64), (64,)), "dense": ((1600, 10), (10,))}
+
+Params = dict[str, dict[str, Array]]
+
+
+def init_params(key: PRNGKeyArray, *, dtype: Any = jnp.float32) -> Params:
+    r"""Glorot-uniform weights, zero biases.
+
+    Weights are drawn from :math:`U(-a, a)`,
+    :math:`a = \sqrt{6 / (\text{fan}_\text{in} + \text{fan}_\text{out})}` with conv
+    ``fan_in = kh*kw*c_in``, ``fan_out = kh*kw*c_out`` and dense ``fan_in = 1600``, ``fan_out = 10``.
+
+    Args:
+        key: PRNG key (split once per layer).
+        dtype: (static) parameter dtype.
+
+    Returns:
+        The parameter dict (34,826 numbers).
+    """
+    keys = jax.random.split(key, len(_LAYERS))
+    params: Params = {}
+    for k, (name, (wshape, bshape)) in zip(keys, _LAYERS.items(), strict=True):
+        if len(wshape) == 4:
+            rf = wshape[0] * wshape[1]
+            fan_in, fan_out = rf * wshape[2], rf * wshape[3]
+        else:
+            fan_in, fan_out = wshape
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        params[name] = {
+            "w": jax.random.uniform(k, wshape, dtype, -limit, limit),
+            "b": jnp.zeros(bshape, dtype),
+        }
+    return params
+
+
+def count_params(params: Params) -> int:
+    """Total number of scalars in a parameter pytree (34,826 for the seed CNN)."""
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))
+
+
+def _check_params(params: Params) -> None:
+    for name, (wshape, bshape) in _LAYERS.items():
+        if name not in params or set(params[name]) != {"w", "b"}:
+            raise ValueError(
+                f"params must be {{'conv1','conv2','dense'}} each with 'w' and 'b'; got keys "
+                f"{sorted(params)}; build them with dlx_jax.cnn.init_params"
+            )
+        if params[name]["w"].shape != wshape or params[name]["b"].shape != bshape:
+            raise ValueError(
+                f"params[{name!r}] must have w {wshape}, b {bshape}; got "
+                f"{params[name]['w'].shape}, {params[name]['b'].shape}"
+            )
+
+
+def apply(
+    params: Params,
+    x: Float[Array, "n h w c"],
+    *,
+    train: bool = False,
+    key: PRNGKeyArray | None = None,
+    dropout_mask: Array | None = None,
+    rate: float = 0.5,
+    conv_impl: str = "im2col",
+    pool_impl: str = "reshape",
+) -> Float[Array, "n 10"]:
+    """Logits of the seed CNN.
+
+    Args:
+        params: from :func:`init_params`.
+        x: images ``(n, 28, 28, 1)`` in ``[0, 1]`` (``(n, 28, 28)`` is accepted too).
+        train: (static) apply dropout (needs ``key`` or ``dropout_mask``).
+        key: PRNG key for the dropout mask in train mode.
+        dropout_mask: optional ``(n, 1600)`` keep-mask with values {0, 1} (then no randomness).
+        rate: (static) dropout rate.
+        conv_impl: (static) see :func:`dlx_jax.nn.conv2d`.
+        pool_impl: (static) see :func:`dlx_jax.nn.max_pool2d`.
+
+    Returns:
+        ``(n, 10)`` logits in the input's float dtype.
+
+    Raises:
+        ValueError: wrong image shape or dtype, malformed params, train mode without key/mask.
+    """
+    if jnp.ndim(x) == 3:
+        x = x[..., None]
+    if jnp.ndim(x) != 4 or x.shape[1:] != IMAGE_SHAPE:
+        raise ValueError(f"images must have shape (n, 28, 28, 1), got {jnp.shape(x)}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(
+            f"images must be float in [0, 1], got dtype {x.dtype}; use dlx_jax.data.to_float_images"
+        )
+    _check_params(params)
+    h = nn.relu(nn.conv2d(x, params["conv1"]["w"], params["conv1"]["b"], impl=conv_impl))
+    h = nn.max_pool2d(h, size=2, impl=pool_impl)
+    h = nn.relu(nn.conv2d(h, params["conv2"]["w"], params["conv2"]["b"], impl=conv_impl))
+    h = nn.max_pool2d(h, size=2, impl=pool_impl)
+    h = nn.flatten(h)
+    if train:
+        h = nn.dropout(key, h, rate=rate, mask=dropout_mask)
+    return nn.dense(h, params["dense"]["w"], params["dense"]["b"])
+
+
+def loss(
+    params: Params,
+    x: Float[Array, "n h w c"],
+    y: Int[Array, " n"],
+    *,
+    key: PRNGKeyArray | None = None,
+    dropout_mask: Array | None = None,
+    rate: float = 0.5,
+    conv_impl: str = "im2col",
+    pool_impl: str = "reshape",
+) -> Float[Array, ""]:
+    """Mean softmax cross-entropy of the CNN in train mode (dropout from ``key`` or ``dropout_mask``)."""
+    logits = apply(
+        params,
+        x,
+        train=True,
+        key=key,
+        dropout_mask=dropout_mask,
+        rate=rate,
+        conv_impl=conv_impl,
+        pool_impl=pool_impl,
+    )
+    return nn.softmax_cross_entropy(logits, y)
+
+
+def accuracy(
+    params: Params, x: Float[Array, "n h w c"], y: Int[Array, " n"], **kwargs: Any
+) -> Float[Array, ""]:
+    """Fraction of correctly classified images (eval mode, no dropout)."""
+    return jnp.mean(jnp.argmax(apply(params, x, **kwargs), axis=-1) == y)
+
+
+def train_step(
+    params: Params,
+    opt_state: optax.OptState,
+    x: Float[Array, "n h w c"],
+    y: Int[Array, " n"],
+    key: PRNGKeyArray,
+    *,
+    optimizer: optax.GradientTransformation,
+    conv_impl: str = "im2col",
+    pool_impl: str = "reshape",
+) -> tuple[Params, optax.OptState, Float[Array, ""]]:
+    """One optimizer step on one batch: ``(params, opt_state, loss)``.
+
+    ``optimizer`` is static (e.g. ``optax.adam(1e-3)``); dropout uses ``key``.
+    """
+    value, grads = jax.value_and_grad(loss)(params, x, y, key=key, conv_impl=conv_impl, pool_impl=pool_impl)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, value
+
+
+def make_train_step(
+    optimizer: optax.GradientTransformation, *, conv_impl: str = "im2col", pool_impl: str = "reshape"
+) -> Callable:
+    """A jitted ``train_step(params, opt_state, x, y, key)`` that donates params and optimizer state."""
+
+    def step(params, opt_state, x, y, key):
+        return train_step(
+            params, opt_state, x, y, key, optimizer=optimizer, conv_impl=conv_impl, pool_impl=pool_impl
+        )
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def train_epoch(
+    params: Params,
+    opt_state: optax.OptState,
+    x: Float[Array, "n h w c"],
+    y: Int[Array, " n"],
+    batches: Int[Array, "b m"],
+    key: PRNGKeyArray,
+    *,
+    optimizer: optax.GradientTransformation,
+    conv_impl: str = "im2col",
+    pool_impl: str = "reshape",
+) -> tuple[Params, optax.OptState, Float[Array, " b"]]:
+    """One epoch as a ``lax.scan`` over the rows of ``batches`` (index matrix ``(num_batches, batch_size)``).
+
+    Step ``i`` uses dropout key ``fold_in(key, i)``. ``x``/``y`` hold the whole training set on device.
+
+    Returns:
+        ``(params, opt_state, losses)`` with the per-step training losses ``(num_batches,)``.
+    """
+
+    def body(carry, inputs):
+        p, s = carry
+        i, idx = inputs
+        p, s, value = train_step(
+            p,
+            s,
+            x[idx],
+            y[idx],
+            jax.random.fold_in(key, i),
+            optimizer=optimizer,
+            conv_impl=conv_impl,
+            pool_impl=pool_impl,
+        )
+        return (p, s), value
+
+    steps = jnp.arange(batches.shape[0])
+    (params, opt_state), losses = lax.scan(body, (params, opt_state), (steps, batches))
+    return params, opt_state, losses
+
+
+def predict(
+    params: Params, x: Float[Array, "n h w c"], *, batch_size: int = 500, **kwargs: Any
+) -> Int[Array, " n"]:
+    """Predicted labels, computed in ``lax.map`` batches of ``batch_size`` (static) to bound memory."""
+    n = x.shape[0]
+    if n == 0:
+        return jnp.zeros((0,), jnp.int32)
+    nb = -(-n // batch_size)
+    pad = nb * batch_size - n
+    xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+    xb = xp.reshape(nb, batch_size, *x.shape[1:])
+    labels = lax.map(lambda xi: jnp.argmax(apply(params, xi, **kwargs), axis=-1).astype(jnp.int32), xb)
+    return labels.reshape(-1)[:n]
+
+
+def evaluate(
+    params: Params, x: Float[Array, "n h w c"], y: Int[Array, " n"], *, batch_size: int = 500, **kwargs: Any
+) -> Float[Array, ""]:
+    """Accuracy over a whole set, evaluated in batches (see :func:`predict`)."""
+    return jnp.mean(predict(params, x, batch_size=batch_size, **kwargs) == y)
+
+
+def save_params(path: str | Path, params: Params) -> None:
+    """Write the parameters with orbax (``StandardCheckpointer``) into a new folder ``path``."""
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(path, params)
+        ckpt.wait_until_finished()
+
+
+def load_params(path: str | Path) -> Params:
+    """Read parameters written by :func:`save_params` (validated against the seed CNN layout).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the checkpoint does not hold seed-CNN parameters.
+    """
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    if not path.exists():
+        raise FileNotFoundError(f"no CNN checkpoint at {path}; train one with `python -m experiments.cnn`")
+    abstract = {
+        name: {"w": jax.ShapeDtypeStruct(ws, jnp.float32), "b": jax.ShapeDtypeStruct(bs, jnp.float32)}
+        for name, (ws, bs) in _LAYERS.items()
+    }
+    with ocp.StandardCheckpointer() as ckpt:
+        params = ckpt.restore(path, abstract)
+    _check_params(params)
+    return params
