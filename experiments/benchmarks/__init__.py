@@ -26,7 +26,7 @@ from experiments._common import StepOutput, plt
 __all__ = ["SECTIONS", "Config", "environment", "main"]
 
 # Submodules of experiments.benchmarks, run in this order; later issues append theirs.
-SECTIONS: tuple[str, ...] = ("probability", "cnn")
+SECTIONS: tuple[str, ...] = ("probability", "cnn", "vae")
 
 
 @dataclass(frozen=True)
