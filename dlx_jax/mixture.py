@@ -37,9 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
+
+from dlx_jax._linalg import UNROLL_MAX_D, cholesky_unrolled, precision_cholesky
 
 __all__ = [
     "EMInfo",
@@ -59,10 +60,6 @@ __all__ = [
 ]
 
 INIT_METHODS = ("random_from_data", "kmeans++")
-# Up to this many features, Mahalanobis terms, Cholesky factors and triangular inverses are written
-# out entry by entry on the batch axes (XLA fuses them into one pass, no LAPACK call per matrix);
-# above it they use batched matrix products / LAPACK.
-UNROLL_MAX_D = 16
 
 
 class GMMParams(NamedTuple):
@@ -246,52 +243,6 @@ def gmm_params_from_covariances(
     return GMMParams(log_weights, means, scale_tril)
 
 
-def _cholesky(cov: Float[Array, "*k d d"]) -> Float[Array, "*k d d"]:
-    """Lower Cholesky factor; NaN where ``cov`` is not positive definite (like ``jnp.linalg.cholesky``).
-
-    For ``d <= UNROLL_MAX_D`` the Cholesky-Banachiewicz recurrence is written out entry by entry
-    on the batch axes, which XLA fuses into a few vectorised loops; this beats one LAPACK call per
-    matrix for the many tiny matrices of batched restarts. Larger ``d`` uses LAPACK.
-    """
-    d = cov.shape[-1]
-    if d > UNROLL_MAX_D:
-        return jnp.linalg.cholesky(cov)
-    entries: dict[tuple[int, int], Array] = {}
-    for i in range(d):
-        for j in range(i + 1):
-            acc = cov[..., i, j]
-            for m in range(j):
-                acc = acc - entries[i, m] * entries[j, m]
-            entries[i, j] = jnp.sqrt(acc) if i == j else acc / entries[j, j]
-    zero = jnp.zeros_like(cov[..., 0, 0])
-    rows = [jnp.stack([entries[i, j] if j <= i else zero for j in range(d)], axis=-1) for i in range(d)]
-    return jnp.stack(rows, axis=-2)
-
-
-def _precision_cholesky(scale_tril: Float[Array, "k d d"]) -> Float[Array, "k d d"]:
-    """``U_j = L_j^{-T}`` for every component (upper triangular, ``Σ_j^{-1} = U_j U_jᵀ``).
-
-    Forward substitution ``L X = I`` (never a general inverse); written out entry by entry for
-    ``d <= UNROLL_MAX_D``, else one batched ``solve_triangular``.
-    """
-    d = scale_tril.shape[-1]
-    if d > UNROLL_MAX_D:
-        eye = jnp.broadcast_to(jnp.eye(d, dtype=scale_tril.dtype), scale_tril.shape)
-        return jnp.swapaxes(solve_triangular(scale_tril, eye, lower=True), -1, -2)
-    inv: dict[tuple[int, int], Array] = {}  # inv[i, j] = (L^{-1})_{ij}, i >= j
-    for j in range(d):
-        inv[j, j] = 1.0 / scale_tril[..., j, j]
-        for i in range(j + 1, d):
-            acc = scale_tril[..., i, j] * inv[j, j]
-            for m in range(j + 1, i):
-                acc = acc + scale_tril[..., i, m] * inv[m, j]
-            inv[i, j] = -acc / scale_tril[..., i, i]
-    zero = jnp.zeros_like(scale_tril[..., 0, 0])
-    # U = (L^{-1})^T: U[a, b] = inv[b, a] for b >= a
-    rows = [jnp.stack([inv[b, a] if b >= a else zero for b in range(d)], axis=-1) for a in range(d)]
-    return jnp.stack(rows, axis=-2)
-
-
 def component_log_densities(x: Float[ArrayLike, "*n d"], params: GMMParams) -> Float[Array, "*n k"]:
     """Log-densities ``log N(x; μ_j, Σ_j)`` of every component, broadcast over leading axes of ``x``.
 
@@ -327,7 +278,7 @@ def _component_log_densities_kn(x: Float[Array, "n d"], params: GMMParams) -> Fl
     also under ``vmap`` over restarts)."""
     k, d = params.means.shape
     means, tril = params.means, params.scale_tril
-    prec = _precision_cholesky(tril)  # (k, d, d) = U_j, upper triangular
+    prec = precision_cholesky(tril)  # (k, d, d) = U_j, upper triangular
     if d <= UNROLL_MAX_D:
         xt = x.T  # (d, n)
         dev = [xt[i][None, :] - means[:, i, None] for i in range(d)]  # d arrays of shape (k, n)
@@ -513,7 +464,7 @@ def _m_step(x: Array, log_resp: Array, reg_covar, features: tuple[Array, Array] 
     second = stats[:, pos]  # (k, d, d), symmetric by construction (a gather, no scatter)
     cov = second / nk[:, None, None] - shift[:, :, None] * shift[:, None, :]
     cov = cov + jnp.asarray(reg_covar, dtype) * jnp.eye(d, dtype=dtype)
-    scale_tril = _cholesky(cov)
+    scale_tril = cholesky_unrolled(cov)
     log_weights = jnp.log(nk) - jnp.log(jnp.sum(nk))
     return GMMParams(log_weights, xbar + shift, scale_tril)
 

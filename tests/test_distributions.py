@@ -160,9 +160,9 @@ def test_sample_normal_shapes_keys_and_broadcasting(key):
 # --- multivariate ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("d", [1, 4, 20])  # 20 > UNROLL_MAX_D: the matrix-product branch
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_mvn_logpdf_matches_scipy(dtype, rng):
-    d = 4
+def test_mvn_logpdf_matches_scipy(dtype, d, rng):
     x = rng.normal(size=(30, d)) * 2
     mean = rng.normal(size=d)
     cov = _spd(rng, d)
