@@ -13,6 +13,7 @@ import numpy as np
 from dlx_jax import mixture
 from dlx_jax.data import load_old_faithful, load_table
 from experiments._common import StepOutput, cli, plt
+from experiments._plots import data_vs_samples, gmm_density_grid
 
 # The book's parameters (chapter 4), fitted to Old Faithful (eruption minutes, waiting minutes).
 BOOK_WEIGHTS = (0.35, 0.65)
@@ -55,13 +56,9 @@ def main(config: Config) -> dict:
         sample = jax.jit(mixture.sample_gmm, static_argnames="n")
         samples, labels = sample(jax.random.key(config.seed), params, n=config.n_samples)
         logpdf = jax.jit(mixture.gmm_logpdf)
-        lo = np.minimum(data.min(0), np.asarray(samples).min(0))
-        hi = np.maximum(data.max(0), np.asarray(samples).max(0))
-        pad = 0.05 * (hi - lo)
-        gx = np.linspace(lo[0] - pad[0], hi[0] + pad[0], grid)
-        gy = np.linspace(lo[1] - pad[1], hi[1] + pad[1], grid)
-        xx, yy = np.meshgrid(gx, gy)
-        density = np.exp(np.asarray(logpdf(jnp.stack([xx, yy], axis=-1), params)))
+        xx, yy, density = gmm_density_grid(
+            np.concatenate([data, np.asarray(samples)]), params, size=grid, pad=0.05
+        )
         ll_data = float(jnp.mean(logpdf(jnp.asarray(data), params)))
         samples, labels = np.asarray(samples), np.asarray(labels)
 
@@ -95,19 +92,9 @@ def main(config: Config) -> dict:
             ax2.set_title("GMM density contour")
             out.figure(fig, "gmm_density")
 
-            fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharex=True, sharey=True)
-            axes[0].scatter(data[:, 0], data[:, 1], s=8, color="tab:gray")
-            axes[0].set_title(f"data ({len(data)} points)")
-            for j, color in enumerate(("tab:blue", "tab:orange")):
-                sel = labels == j
-                axes[1].scatter(
-                    samples[sel, 0], samples[sel, 1], s=8, color=color, label=f"component {j + 1}"
-                )
-            axes[1].set_title(f"{config.n_samples} ancestral samples from the GMM")
-            axes[1].legend()
-            for a in axes:
-                a.set_xlabel("eruptions (min)")
-                a.set_ylabel("waiting (min)")
+            fig = data_vs_samples(
+                data, samples, labels, title=f"{config.n_samples} ancestral samples from the GMM"
+            )
             out.figure(fig, "gmm_samples")
         return out.finish(metrics)
 

@@ -15,6 +15,7 @@ import numpy as np
 from dlx_jax import mixture
 from dlx_jax.data import load_old_faithful, load_table
 from experiments._common import StepOutput, cli, plt
+from experiments._plots import data_vs_samples, gmm_density_grid
 
 BOOK_WEIGHTS = (0.5, 0.5)
 BOOK_MEANS = ((0.0, 50.0), (0.0, 100.0))
@@ -109,12 +110,7 @@ def main(config: Config) -> dict:
         samples, labels = jax.jit(mixture.sample_gmm, static_argnames="n")(
             jax.random.key(config.seed + 1), params, n=config.n_samples
         )
-        lo, hi = data.min(0), data.max(0)
-        pad = 0.1 * (hi - lo)
-        gx = np.linspace(lo[0] - pad[0], hi[0] + pad[0], 60 if config.quick else 120)
-        gy = np.linspace(lo[1] - pad[1], hi[1] + pad[1], 60 if config.quick else 120)
-        xx, yy = np.meshgrid(gx, gy)
-        density = np.exp(np.asarray(mixture.gmm_logpdf(jnp.stack([xx, yy], axis=-1), params)))
+        xx, yy, density = gmm_density_grid(data, params, size=60 if config.quick else 120, pad=0.1)
         weights, means, covs = (np.asarray(a) for a in (params.weights, params.means, params.covariances))
         samples, labels = np.asarray(samples), np.asarray(labels)
 
@@ -159,19 +155,9 @@ def main(config: Config) -> dict:
             ax.legend()
             out.figure(fig, "log_likelihood")
 
-            fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharex=True, sharey=True)
-            axes[0].scatter(data[:, 0], data[:, 1], s=8, color="tab:gray")
-            axes[0].set_title(f"data ({len(data)} points)")
-            for j, color in enumerate(("tab:blue", "tab:orange")):
-                sel = labels == j
-                axes[1].scatter(
-                    samples[sel, 0], samples[sel, 1], s=8, color=color, label=f"component {j + 1}"
-                )
-            axes[1].set_title(f"{config.n_samples} samples from the fitted GMM")
-            axes[1].legend()
-            for a in axes:
-                a.set_xlabel("eruptions (min)")
-                a.set_ylabel("waiting (min)")
+            fig = data_vs_samples(
+                data, samples, labels, title=f"{config.n_samples} samples from the fitted GMM"
+            )
             out.figure(fig, "em_samples")
         return out.finish(metrics)
 
