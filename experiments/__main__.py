@@ -45,25 +45,33 @@ def run_step(name: str, out: Path, *, seed: int, quick: bool, plots: bool) -> St
     start = time.perf_counter()
     try:
         module = importlib.import_module(f"experiments.{name}")
-        config = dataclasses.replace(module.Config(), out=str(out / name), seed=seed, quick=quick, plots=plots)
+        config = dataclasses.replace(
+            module.Config(), out=str(out / name), seed=seed, quick=quick, plots=plots
+        )
         metrics = module.main(config)
         line = summary(metrics, getattr(module.Config, "SUMMARY", ()))
         return StepResult(name, True, time.perf_counter() - start, line, out / name)
     except Exception as err:  # one failing step must not stop the others
         detail = "".join(traceback.format_exception(err))
-        return StepResult(name, False, time.perf_counter() - start, f"{type(err).__name__}: {err}", out / name,
-                          detail)
+        return StepResult(
+            name, False, time.perf_counter() - start, f"{type(err).__name__}: {err}", out / name, detail
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     steps = available_steps()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="outputs", help="output folder (default: outputs)")
     parser.add_argument("--seed", type=int, default=0, help="random seed passed to every step (default: 0)")
-    parser.add_argument("--full", action="store_true", help="run the full (slow) settings instead of quick mode")
+    parser.add_argument(
+        "--full", action="store_true", help="run the full (slow) settings instead of quick mode"
+    )
     parser.add_argument("--no-plots", dest="plots", action="store_false", help="skip figures")
-    parser.add_argument("--only", default=None,
-                        help=f"comma-separated subset of steps to run; available: {','.join(steps)}")
+    parser.add_argument(
+        "--only", default=None, help=f"comma-separated subset of steps to run; available: {','.join(steps)}"
+    )
     args = parser.parse_args(argv)
     if args.only:
         wanted = [s.strip() for s in args.only.split(",") if s.strip()]

@@ -136,7 +136,9 @@ def _field_type(field: dataclasses.Field, hints: Mapping[str, Any]) -> tuple[typ
 
 def build_parser(config_cls: type, description: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one ``--kebab-case`` flag per scalar config field."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     hints = typing.get_type_hints(config_cls)
     helps = getattr(config_cls, "HELP", {})
     for field in dataclasses.fields(config_cls):
@@ -147,18 +149,32 @@ def build_parser(config_cls: type, description: str | None = None) -> argparse.A
         text = helps.get(field.name, COMMON_HELP.get(field.name, field.name.replace("_", " ")))
         if tp is bool:
             if field.default is True:
-                parser.add_argument("--no-" + field.name.replace("_", "-"), dest=field.name,
-                                    action="store_false", help=f"do not: {text}")
+                parser.add_argument(
+                    "--no-" + field.name.replace("_", "-"),
+                    dest=field.name,
+                    action="store_false",
+                    help=f"do not: {text}",
+                )
             else:
                 parser.add_argument(flag, dest=field.name, action="store_true", help=text)
         else:
-            parser.add_argument(flag, dest=field.name, type=tp, default=field.default, help=text,
-                                choices=getattr(config_cls, "CHOICES", {}).get(field.name))
+            parser.add_argument(
+                flag,
+                dest=field.name,
+                type=tp,
+                default=field.default,
+                help=text,
+                choices=getattr(config_cls, "CHOICES", {}).get(field.name),
+            )
     return parser
 
 
-def cli(config_cls: type, main: Callable[[Any], dict], argv: list[str] | None = None,
-        description: str | None = None) -> int:
+def cli(
+    config_cls: type,
+    main: Callable[[Any], dict],
+    argv: list[str] | None = None,
+    description: str | None = None,
+) -> int:
     """Parse ``argv`` into ``config_cls``, run ``main``, print a summary; return the exit code.
 
     Bad input (``ValueError``, ``FileNotFoundError``) becomes one ``error:`` line and exit code 2.
@@ -172,7 +188,8 @@ def cli(config_cls: type, main: Callable[[Any], dict], argv: list[str] | None = 
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{summary(metrics, getattr(config_cls, 'SUMMARY', ()))} ({time.perf_counter() - start:.1f} s) -> {config.out}")
+    line = summary(metrics, getattr(config_cls, "SUMMARY", ()))
+    print(f"{line} ({time.perf_counter() - start:.1f} s) -> {config.out}")
     return 0
 
 
@@ -185,7 +202,9 @@ def summary(metrics: Mapping[str, Any], keys: tuple[str, ...]) -> str:
         if isinstance(value, float):
             parts.append(f"{key}={value:.5g}")
         elif isinstance(value, list) and value and isinstance(value[0], float):
-            parts.append(f"{key}=[{', '.join(f'{v:.4g}' for v in value[:4])}{', ...' if len(value) > 4 else ''}]")
+            parts.append(
+                f"{key}=[{', '.join(f'{v:.4g}' for v in value[:4])}{', ...' if len(value) > 4 else ''}]"
+            )
         elif value is not None:
             parts.append(f"{key}={value}")
     return " ".join(parts)

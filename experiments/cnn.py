@@ -18,7 +18,7 @@ import numpy as np
 
 from experiments._common import StepOutput, cli, plt
 
-QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS = 512, 200, 2
+QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS = 2000, 500, 3
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,7 @@ def _plot_digits(out, config: Config, x_test, y_test, preds, rows: int = 6, cols
     wrong = np.flatnonzero(preds != y_test)
     n_wrong = min(len(wrong), rows * cols // 4)
     chosen = list(rng.choice(wrong, n_wrong, replace=False)) if n_wrong else []
-    right = np.setdiff1d(np.arange(len(y_test)), chosen)
+    right = np.flatnonzero(preds == y_test)
     chosen += list(rng.choice(right, min(len(right), rows * cols - n_wrong), replace=False))
     chosen = np.sort(np.asarray(chosen, int))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.0, rows * 1.15))

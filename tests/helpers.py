@@ -38,6 +38,7 @@ def central_difference(f, x: np.ndarray, h: float = FD_STEP) -> np.ndarray:
         flat[i] = (float(f(x + e)) - float(f(x - e))) / (2 * h)
     return grad
 
+
 # --- distributions (steps 1-3) -------------------------------------------------------------------
 # Monte-Carlo checks of samplers: |estimate - target| <= SAMPLE_N_SE standard errors. With fixed
 # keys the test is deterministic; 5 SE would fail a correct sampler with probability ~6e-7.
