@@ -80,7 +80,7 @@ def _mvn_rows(config: Any, rng: np.random.Generator, repeats: int) -> dict:
             args = [jnp.asarray(a, dtype) for a in (x, mean, cov)]
             for tag, fn in fns.items():
                 key = f"mvn_logpdf{'_' + tag if tag else ''}_jax{suffix}"
-                t = time_call(jax.jit(fn), *args, repeats=repeats)
+                t = time_call(jax.jit(fn), *args, repeats=repeats, min_total_s=0 if config.quick else 0.5)
                 out.update(t.metrics(key))
                 if ref is not None:
                     out[f"{key}_max_abs_err"] = float(np.max(np.abs(np.asarray(t.result, np.float64) - ref)))
