@@ -121,10 +121,24 @@ def compiled_epoch(model: ModuleType, lr: float, batch_size: int) -> tuple[optax
 
 
 def train_model(
-    config: Any, model: ModuleType, params: Any, x_train: np.ndarray, key: jax.Array, fingerprint: dict
+    config: Any, model: ModuleType, params: Any, x_train: np.ndarray, key: jax.Array
 ) -> tuple[Any, list[float], float]:
-    """Train with the book's loss and Adam; returns (params, loss_history, seconds)."""
+    """Train with the book's loss and Adam; returns (params, loss_history, seconds).
+
+    Checkpoints go to ``OUT/checkpoints`` with a fingerprint of every setting that changes the
+    numbers, so ``--resume`` refuses a checkpoint written under other settings.
+    """
     epochs, _ = settings(config)
+    fingerprint = {
+        "model": model.__name__.rsplit(".", 1)[-1],
+        "dataset": config.dataset,
+        "n_train": len(x_train),
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "latent_dim": config.latent_dim,
+        "hidden_dim": config.hidden_dim,
+        "seed": config.seed,
+    }
     optimizer, epoch_fn = compiled_epoch(model, config.lr, config.batch_size)
     state = training.TrainState(params, optimizer.init(params))
     start = time.perf_counter()
@@ -313,17 +327,7 @@ def main(config: Config) -> dict:
 
     key_init, key_train, key_eval, key_plot = jax.random.split(jax.random.key(config.seed), 4)
     params0 = init_jit(vae, key_init, hidden_dim=config.hidden_dim, latent_dim=config.latent_dim)
-    fingerprint = {
-        "model": "vae",
-        "dataset": config.dataset,
-        "n_train": len(data["x_train"]),
-        "batch_size": config.batch_size,
-        "lr": config.lr,
-        "latent_dim": config.latent_dim,
-        "hidden_dim": config.hidden_dim,
-        "seed": config.seed,
-    }
-    params, history, train_s = train_model(config, vae, params0, data["x_train"], key_train, fingerprint)
+    params, history, train_s = train_model(config, vae, params0, data["x_train"], key_train)
     metrics: dict[str, Any] = {"loss_history": history, "final_loss": history[-1]}
     metrics.update(evaluate(vae, params, data["x_test"], key_eval, iwae_k))
     metrics.update(

@@ -65,17 +65,7 @@ def main(config: Config) -> dict:
 
     key_init, key_train, key_eval, key_plot = jax.random.split(jax.random.key(config.seed), 4)
     params0 = init_jit(hvae, key_init, hidden_dim=config.hidden_dim, latent_dim=config.latent_dim)
-    fingerprint = {
-        "model": "hvae",
-        "dataset": config.dataset,
-        "n_train": len(data["x_train"]),
-        "batch_size": config.batch_size,
-        "lr": config.lr,
-        "latent_dim": config.latent_dim,
-        "hidden_dim": config.hidden_dim,
-        "seed": config.seed,
-    }
-    params, history, train_s = train_model(config, hvae, params0, data["x_train"], key_train, fingerprint)
+    params, history, train_s = train_model(config, hvae, params0, data["x_train"], key_train)
     metrics: dict[str, Any] = {"loss_history": history, "final_loss": history[-1]}
     metrics.update(evaluate(hvae, params, data["x_test"], key_eval, iwae_k))
     metrics["likelihood"] += "; weights over both latents z1, z2"

@@ -199,5 +199,11 @@ def run(config: Any) -> dict:
         out["ratio_cnn_jax_over_torch"] = ratio(jax_t, timings["cnn_torch"])
         out["ratio_cnn_jax_over_torch_1thread"] = ratio(jax_t, timings["cnn_torch_1thread"])
         out["ratio_cnn_jax_stock_over_torch"] = ratio(timings["cnn_jax_stock"], timings["cnn_torch"])
-        out["cnn_jax_torch_goal"] = "met" if out["ratio_cnn_jax_over_torch"] <= 0.7 else "not met"
+        # Training runs the step inside a compiled lax.scan epoch: that is the step the goal is about.
+        goal_key = "ratio_cnn_jax_over_torch"
+        if "cnn_jax_scan" in timings:
+            goal_key = "ratio_cnn_jax_scan_over_torch"
+            out[goal_key] = ratio(timings["cnn_jax_scan"], timings["cnn_torch"])
+        verdict = "met" if out[goal_key] <= 0.7 else "not met"
+        out["cnn_jax_torch_goal"] = f"{verdict} (goal <= 0.7, {goal_key})"
     return out
