@@ -38,7 +38,13 @@ class Config:
     only: str | None = None
     repeats: int = 5
 
-    SUMMARY = ()
+    SUMMARY = (
+        "ratio_mvn_logpdf_scipy_over_jax",
+        "ratio_em_sklearn_over_jax",
+        "ratio_restarts_sklearn_over_jax",
+        "ratio_cnn_jax_over_torch",
+        "ratio_vae_epoch_torch_over_jax",
+    )
     HELP = {
         "only": f"comma-separated subset of sections to run; available: {','.join(SECTIONS)}",
         "repeats": "steady-state calls timed per row (the median is reported); --quick uses fewer",
