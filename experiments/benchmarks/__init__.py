@@ -68,6 +68,15 @@ def environment() -> dict[str, str | int]:
     }
 
 
+def _bar_color(name: str, value: float) -> str:
+    """Green where the ratio says JAX is faster than the other side, red where slower, grey if neither."""
+    if "_over_jax" in name or name.endswith("_over_scan"):  # other time / JAX time
+        return "tab:green" if value > 1 else "tab:red"
+    if "_jax_" in name and "_over_" in name:  # JAX time / other time
+        return "tab:green" if value < 1 else "tab:red"
+    return "tab:gray"
+
+
 def _selected(config: Config) -> list[str]:
     if config.only is None:
         return list(SECTIONS)
@@ -100,14 +109,19 @@ def main(config: Config) -> dict:
         if out.plots and ratios:
             names = list(ratios)
             fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.5))
-            ax.barh(range(len(names)), [ratios[n] for n in names], color="tab:blue")
+            ax.barh(
+                range(len(names)), [ratios[n] for n in names], color=[_bar_color(n, ratios[n]) for n in names]
+            )
             ax.set_yticks(range(len(names)), [n.removeprefix("ratio_") for n in names], fontsize=8)
             ax.axvline(1.0, color="k", lw=1, ls="--", label="1× (equal)")
             ax.set_xscale("log")
             ax.invert_yaxis()
             for i, n in enumerate(names):
                 ax.text(ratios[n], i, f" {ratios[n]:.3g}×", va="center", fontsize=8)
-            ax.set_xlabel("ratio (median seconds, measured in the same run; log scale)")
+            ax.set_xlabel(
+                "a_over_b = median time of a / median time of b, same run (log scale); "
+                "green: JAX faster, red: JAX slower"
+            )
             ax.set_title(f"dlx_jax benchmarks on {metrics['device']}" + (" (quick)" if config.quick else ""))
             ax.legend(loc="lower right", fontsize=8)
             out.figure(fig, "ratios")
