@@ -7,7 +7,6 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.scipy.special import logsumexp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from dlx_jax._linalg import cholesky_unrolled
@@ -49,8 +48,24 @@ class EMInfo(NamedTuple):
 def _e_step(x: Array, params: GMMParams) -> tuple[Array, Array]:
     """``(log_resp (k, n), log p(x) (n,))`` for ``(n, d)`` data, in ``(k, n)`` layout."""
     joint = _component_log_densities_kn(x, params) + params.log_weights[:, None]
-    log_p = logsumexp(joint, axis=0)
+    log_p = _logsumexp_rows(joint)
     return joint - log_p, log_p
+
+
+def _logsumexp_rows(a: Float[Array, "k n"]) -> Float[Array, " n"]:
+    """``logsumexp(a, axis=0)`` for a short leading axis, as ``k`` elementwise row operations.
+
+    XLA on CPU reduces over a short leading axis roughly 10-30x slower than it adds rows
+    elementwise, and this reduction was most of the E-step. The maximum is subtracted first, so
+    it is as stable as ``logsumexp``; ``a`` is finite here (log-densities of finite parameters).
+    """
+    top = a[0]
+    for row in range(1, a.shape[0]):
+        top = jnp.maximum(top, a[row])
+    total = jnp.exp(a[0] - top)
+    for row in range(1, a.shape[0]):
+        total = total + jnp.exp(a[row] - top)
+    return top + jnp.log(total)
 
 
 def e_step(x: Float[ArrayLike, "n d"], params: GMMParams) -> Float[Array, "n k"]:
