@@ -26,7 +26,6 @@ Functions broadcast over leading axes of ``x`` (``*n``); dtypes are preserved.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -43,8 +42,10 @@ from dlx_jax.vae import (
     gaussian_encoder,
     gaussian_kl,
     init_dense,
+    iwae_from_log_weights,
     log_likelihood,
     mlp_decoder,
+    posterior_log_pdf_from_noise,
 )
 
 __all__ = [
@@ -59,8 +60,6 @@ __all__ = [
     "reconstruct",
     "sample",
 ]
-
-_LOG_2PI = math.log(2.0 * math.pi)
 
 
 class HVAEParams(NamedTuple):
@@ -177,9 +176,7 @@ def log_importance_weights(
     z_hat = mlp_decoder(params.decoder2, z2)
     log_px = log_likelihood(mlp_decoder(params.decoder1, z1), x, likelihood=likelihood)
     log_p = log_px + diag_normal_log_pdf(z1, z_hat) + diag_normal_log_pdf(z2)
-    log_q = -0.5 * jnp.sum(_LOG_2PI + logvar1 + jnp.square(eps1), axis=-1) - 0.5 * jnp.sum(
-        _LOG_2PI + logvar2 + jnp.square(eps2), axis=-1
-    )
+    log_q = posterior_log_pdf_from_noise(logvar1, eps1) + posterior_log_pdf_from_noise(logvar2, eps2)
     return log_p - log_q
 
 
@@ -209,8 +206,9 @@ def iwae_bound(
     likelihood: str = "bernoulli",
 ) -> Float[Array, "*n"]:
     """Importance-weighted bound ``logsumexp(log w) - log k`` on ``log p(x)`` in nats."""
-    log_w = log_importance_weights(key, params, x, num_samples=num_samples, likelihood=likelihood)
-    return jax.nn.logsumexp(log_w, axis=0) - math.log(num_samples)
+    return iwae_from_log_weights(
+        log_importance_weights(key, params, x, num_samples=num_samples, likelihood=likelihood)
+    )
 
 
 def sample(key: PRNGKeyArray, params: HVAEParams, *, num_samples: int) -> Float[Array, "k d"]:

@@ -71,9 +71,11 @@ __all__ = [
     "init_dense",
     "init_params",
     "iwae_bound",
+    "iwae_from_log_weights",
     "log_importance_weights",
     "log_likelihood",
     "mlp_decoder",
+    "posterior_log_pdf_from_noise",
     "reconstruct",
     "reparameterize",
     "sample",
@@ -340,6 +342,23 @@ def log_likelihood(
     return ll
 
 
+def posterior_log_pdf_from_noise(
+    logvar: Float[Array, "*n z"], eps: Float[Array, "*n z"]
+) -> Float[Array, "*n"]:
+    """:math:`\\log \\mathcal N(z; \\mu, \\sigma^2)` at a reparameterised draw
+    :math:`z = \\mu + \\sigma\\varepsilon`.
+
+    Since :math:`z - \\mu = \\sigma\\varepsilon`, the density needs only ``logvar`` and ``eps``:
+    :math:`-\\tfrac12 \\sum_j (\\log 2\\pi + \\log\\sigma_j^2 + \\varepsilon_j^2)`.
+    """
+    return -0.5 * jnp.sum(_LOG_2PI + logvar + jnp.square(eps), axis=-1)
+
+
+def iwae_from_log_weights(log_w: Float[Array, "k *n"]) -> Float[Array, "*n"]:  # noqa: UP037, F821
+    """:math:`\\log \\frac1k \\sum_i w_i` from ``k`` log weights on axis 0: ``logsumexp - log k``."""
+    return jax.nn.logsumexp(log_w, axis=0) - math.log(log_w.shape[0])
+
+
 def _check_num_samples(num_samples: int) -> None:
     if not isinstance(num_samples, int | np.integer) or num_samples < 1:
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}; pass e.g. num_samples=1")
@@ -372,7 +391,7 @@ def log_importance_weights(
     z = mu + jnp.exp(0.5 * logvar) * eps
     log_px = log_likelihood(decode_logits(params, z), x, likelihood=likelihood)
     log_pz = diag_normal_log_pdf(z)
-    log_qz = -0.5 * jnp.sum(_LOG_2PI + logvar + jnp.square(eps), axis=-1)  # log N(z; μ, σ²) with z - μ = σε
+    log_qz = posterior_log_pdf_from_noise(logvar, eps)
     return log_px + log_pz - log_qz
 
 
@@ -439,8 +458,9 @@ def iwae_bound(
     Returns:
         ``(*n,)`` bounds on ``log p(x)`` in nats.
     """
-    log_w = log_importance_weights(key, params, x, num_samples=num_samples, likelihood=likelihood)
-    return jax.nn.logsumexp(log_w, axis=0) - math.log(num_samples)
+    return iwae_from_log_weights(
+        log_importance_weights(key, params, x, num_samples=num_samples, likelihood=likelihood)
+    )
 
 
 # --- generation ---------------------------------------------------------------------------------
