@@ -30,7 +30,7 @@ import optax
 from jax import lax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from dlx_jax import nn
+from dlx_jax import nn, training
 
 __all__ = [
     "IMAGE_SHAPE",
@@ -200,9 +200,14 @@ def train_step(
 
     ``optimizer`` is static (e.g. ``optax.adam(1e-3)``); dropout uses ``key``.
     """
-    value, grads = jax.value_and_grad(loss)(params, x, y, key=key, conv_impl=conv_impl, pool_impl=pool_impl)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, value
+
+    def batch_loss(k, p, batch):
+        return loss(p, *batch, key=k, conv_impl=conv_impl, pool_impl=pool_impl)
+
+    state, value = training.make_train_step(batch_loss, optimizer)(
+        key, training.TrainState(params, opt_state), (x, y)
+    )
+    return state.params, state.opt_state, value
 
 
 def make_train_step(
