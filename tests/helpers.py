@@ -76,6 +76,16 @@ ATOL_CNN_REF_F32 = 1e-5
 # rounding differences of ~1e-6 relative become update differences of ~lr * 1e-6 per step; elements
 # whose gradients nearly cancel can differ more, bounded by 2 * lr per step.
 ATOL_ADAM_TRAJ_F32 = 2e-5
+# a compiled lax.scan epoch vs the same steps called one by one (float32): XLA fuses the step
+# differently inside the loop body, so reductions are summed in another order.
+RTOL_SCAN_VS_LOOP_F32 = 1e-5
+ATOL_SCAN_VS_LOOP_F32 = 1e-6
+# Glorot-uniform init: the sample standard deviation of >= 288 draws of U(-a, a) is within 15 %
+# of a/sqrt(3) (its relative standard error is below 4 % at n = 288, so 15 % is ~4 SE).
+RTOL_INIT_STD = 0.15
+# the whole CNN loss, float64, directional finite differences with step 1e-6: O(h^2) truncation
+# ~1e-10 on an O(1) loss.
+ATOL_FD_CNN = 1e-8
 
 # --- mixture -------------------------------------------------------------------------------------
 # a full EM fit vs scikit-learn, float64, same init: ~1e-14 per update, amplified by the EM
@@ -90,6 +100,8 @@ ATOL_BOOK_3DP = 5e-4
 # Monte Carlo vs closed form: |estimate - exact| within this many standard errors (false-alarm
 # probability ~6e-7 per check for a Gaussian-distributed mean).
 MC_SIGMAS = 5.0
+# a float64 closed form vs scipy.integrate.quad at epsrel 1e-13: both accurate to ~1e-12 relative.
+RTOL_QUADRATURE = 1e-9
 # float32 model maths (784-wide sums of squares, softplus, exp of log-variances) vs a float64 numpy
 # loop: relative rounding ~1e-6 per term accumulated over hundreds of terms.
 RTOL_VAE_F32 = 1e-5

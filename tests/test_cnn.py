@@ -10,17 +10,21 @@ import optax
 import pytest
 
 from dlx_jax import cnn, nn
+from reference_numpy import adam as ref_adam
+from reference_numpy import cnn as ref_cnn
+from reference_numpy import layers as ref_layers
 from tests.helpers import (
     ATOL_ADAM_TRAJ_F32,
     ATOL_CNN_REF_F32,
+    ATOL_FD_CNN,
     ATOL_JIT_F32,
+    ATOL_SCAN_VS_LOOP_F32,
     RTOL_CNN_REF_F32,
+    RTOL_FD,
+    RTOL_INIT_STD,
     RTOL_JIT_F32,
+    RTOL_SCAN_VS_LOOP_F32,
 )
-
-ref_cnn = pytest.importorskip("reference_numpy.cnn")
-ref_layers = pytest.importorskip("reference_numpy.layers")
-ref_adam = pytest.importorskip("reference_numpy.adam")
 
 
 def _batch(seed: int, n: int):
@@ -70,7 +74,7 @@ def test_init_params_layout_and_glorot(key):
         limit = np.sqrt(6 / (fi + fo))
         assert np.abs(w).max() <= limit
         assert np.abs(w).max() > 0.9 * limit  # uniform on the whole interval
-        np.testing.assert_allclose(w.std(), limit / np.sqrt(3), rtol=0.15)  # U(-a, a) has sd a/sqrt(3)
+        np.testing.assert_allclose(w.std(), limit / np.sqrt(3), rtol=RTOL_INIT_STD)  # U(-a, a): sd a/sqrt(3)
 
 
 # ------------------------------------------------------------------------------ vs reference_numpy
@@ -172,7 +176,7 @@ def test_loss_gradient_matches_finite_differences_float64(x64):
             float(jnp.sum(g * v))
             for g, v in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(d), strict=True)
         )
-        np.testing.assert_allclose(ad, fd, rtol=1e-6, atol=1e-8)  # O(h^2) truncation ~1e-10
+        np.testing.assert_allclose(ad, fd, rtol=RTOL_FD, atol=ATOL_FD_CNN)
 
 
 def test_float64_params_and_images_give_float64_logits(x64):
@@ -226,8 +230,10 @@ def test_train_epoch_scan_equals_loop_of_steps_and_learns(key):
     for i in range(4):
         idx = np.asarray(batches[i])
         p2, s2, value = step(p2, s2, x[idx], y[idx], jax.random.fold_in(jax.random.key(5), i))
-        np.testing.assert_allclose(losses[i], value, rtol=1e-5, atol=1e-6)  # scan vs loop: fusion order
-    _assert_tree_close(p1, jax.tree_util.tree_map(np.asarray, p2), 1e-5, 1e-6)
+        np.testing.assert_allclose(losses[i], value, rtol=RTOL_SCAN_VS_LOOP_F32, atol=ATOL_SCAN_VS_LOOP_F32)
+    _assert_tree_close(
+        p1, jax.tree_util.tree_map(np.asarray, p2), RTOL_SCAN_VS_LOOP_F32, ATOL_SCAN_VS_LOOP_F32
+    )
     for _ in range(15):
         p1, s1, more = epoch(p1, s1, jax.random.key(6))
     assert float(more.mean()) < 0.8 * float(losses.mean())

@@ -9,7 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import (
+from jax.flatten_util import ravel_pytree
+from test_vae import batched_central_difference, np_bernoulli, np_log_normal, np_params, np_sigmoid
+
+from dlx_jax import hvae
+from tests.helpers import (
     ATOL_FD_VAE,
     ATOL_JIT_F32,
     ATOL_VAE_F32,
@@ -18,10 +22,6 @@ from helpers import (
     RTOL_JIT_F32,
     RTOL_VAE_F32,
 )
-from jax.flatten_util import ravel_pytree
-from test_vae import batched_central_difference, np_bernoulli, np_log_normal, np_params, np_sigmoid
-
-from dlx_jax import hvae
 
 D, H, Z = 10, 6, 3
 

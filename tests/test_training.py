@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import ATOL_JIT_F32, RTOL_JIT_F32
 
 from dlx_jax import training
 from dlx_jax.data import batch_indices
+from tests.helpers import ATOL_JIT_F32, RTOL_JIT_F32
 
 
 def loss_fn(key, params, batch):
