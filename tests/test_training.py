@@ -1,6 +1,9 @@
-"""dlx_jax.training: the scanned epoch equals a Python loop; checkpoints; resume reproduces a run."""
+"""dlx_jax.training: scanned and stepped epochs equal a Python loop; model state; EMA; evaluation;
+checkpoints that are never half-good; resume reproduces a run bit for bit."""
 
 from __future__ import annotations
+
+import hashlib
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +13,7 @@ import pytest
 
 from dlx_jax import training
 from dlx_jax.data import batch_indices
-from tests.helpers import ATOL_JIT_F32, RTOL_JIT_F32
+from tests.helpers import ATOL_JIT_F32, RTOL_F32, RTOL_JIT_F32
 
 
 def loss_fn(key, params, batch):
@@ -20,25 +23,72 @@ def loss_fn(key, params, batch):
     return jnp.mean(jnp.square(x @ params["w"] + params["b"] - y - noise))
 
 
-@pytest.fixture
-def problem():
+def bn_loss_fn(key, params, model_state, batch):
+    """A toy model with BatchNorm-style state: the feature is standardized with batch statistics and
+    the running mean/variance are updated with momentum 0.1, as ``flax.linen.BatchNorm`` does."""
+    x, y = batch
+    h = x @ params["w"]
+    mean, var = jnp.mean(h), jnp.var(h)
+    new_state = {
+        "mean": 0.9 * model_state["mean"] + 0.1 * mean,
+        "var": 0.9 * model_state["var"] + 0.1 * var,
+    }
+    pred = params["scale"] * (h - mean) / jnp.sqrt(var + 1e-5) + params["b"]
+    noise = 0.01 * jax.random.normal(key, y.shape)
+    loss = jnp.mean(jnp.square(pred - y - noise))
+    return loss, (new_state, {"batch_mean": mean})
+
+
+def _data():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(50, 3)), jnp.float32)
     y = x @ jnp.array([1.0, -2.0, 0.5]) + 0.3
-    params = {"w": jnp.zeros(3), "b": jnp.zeros(())}
+    return x, y
+
+
+@pytest.fixture
+def problem():
     optimizer = optax.adam(0.05)
-    state = training.TrainState(params, optimizer.init(params))
+    params = {"w": jnp.zeros(3), "b": jnp.zeros(())}
+    state = training.init_state(params, optimizer)
     epoch = jax.jit(training.make_epoch_fn(training.make_train_step(loss_fn, optimizer), batch_size=8))
-    return (x, y), state, optimizer, epoch
+    return _data(), state, optimizer, epoch
+
+
+@pytest.fixture
+def stateful():
+    """The BatchNorm-style toy model with an EMA (decay 0.9, warm-up 3 updates)."""
+    optimizer = optax.adam(0.05)
+    params = {"w": jnp.full(3, 0.1), "scale": jnp.ones(()), "b": jnp.zeros(())}
+    model_state = {"mean": jnp.zeros(()), "var": jnp.ones(())}
+    state = training.init_state(params, optimizer, model_state=model_state, ema=True)
+    step = training.make_train_step(bn_loss_fn, optimizer, stateful=True, ema_decay=0.9, ema_warmup=3)
+    return _data(), state, step
+
+
+def _leaves_equal(a, b) -> None:
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _folder_digest(path) -> dict[str, str]:
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_scanned_epoch_equals_a_python_loop(problem, key):
     data, state, optimizer, epoch = problem
-    new, losses = epoch(key, state, data)
+    new, metrics = epoch(key, state, data)
+    losses = metrics["loss"]
     key_perm, key_steps = jax.random.split(key)
     batches = batch_indices(key_perm, 50, batch_size=8)
     assert batches.shape == (6, 8) and len(np.unique(batches)) == 48  # each example at most once
-    params, opt_state = state
+    params, opt_state = state.params, state.opt_state
     for i, idx in enumerate(batches):
         loss, grads = jax.value_and_grad(loss_fn, argnums=1)(
             jax.random.fold_in(key_steps, i), params, (data[0][idx], data[1][idx])
@@ -48,58 +98,168 @@ def test_scanned_epoch_equals_a_python_loop(problem, key):
         np.testing.assert_allclose(losses[i], loss, rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32)
     for a, b in zip(jax.tree_util.tree_leaves(new.params), jax.tree_util.tree_leaves(params), strict=True):
         np.testing.assert_allclose(a, b, rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32)
+    assert int(new.step) == 6
 
 
 def test_jit_equals_eager(problem, key):
     data, state, optimizer, epoch = problem
     eager = training.make_epoch_fn(training.make_train_step(loss_fn, optimizer), batch_size=8)
-    np.testing.assert_allclose(epoch(key, state, data)[1], eager(key, state, data)[1], rtol=RTOL_JIT_F32)
+    np.testing.assert_allclose(
+        epoch(key, state, data)[1]["loss"], eager(key, state, data)[1]["loss"], rtol=RTOL_JIT_F32
+    )
 
 
-def test_fit_learns_and_resume_reproduces_the_uninterrupted_run(problem, key, tmp_path):
+def test_stepped_epoch_equals_the_scanned_epoch(stateful, key):
+    data, state, step = stateful
+    scanned, m1 = jax.jit(training.make_epoch_fn(step, batch_size=8))(key, state, data)
+    stepped, m2 = training.make_stepped_epoch_fn(step, batch_size=8, donate=False)(key, state, data)
+    assert set(m1) == set(m2) == {"loss", "batch_mean"}
+    leaves = jax.tree_util.tree_leaves
+    pairs = zip(leaves((scanned, m1)), leaves((stepped, m2)), strict=True)
+    for a, b in pairs:
+        np.testing.assert_allclose(a, b, rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32)
+
+
+def test_model_state_changes_and_is_checkpointed(stateful, key, tmp_path):
+    data, state, step = stateful
+    epoch = jax.jit(training.make_epoch_fn(step, batch_size=8))
+    ckpt = tmp_path / "ckpt"
+    new, history = training.fit(
+        key, state, data, epoch_fn=epoch, epochs=2, checkpoint_dir=ckpt, progress=False
+    )
+    assert float(new.model_state["mean"]) != 0.0 and float(new.model_state["var"]) != 1.0
+    assert len(history["batch_mean"]) == 2 and len(history["epoch_seconds"]) == 2
+    restored, meta = training.restore_checkpoint(ckpt, state)
+    _leaves_equal(restored, new)
+    assert int(restored.step) == 12 and meta["epoch"] == 2
+    assert not (tmp_path / "ckpt.partial").exists()
+
+
+def test_ema_equals_a_naive_numpy_ema_of_the_parameter_trajectory(stateful, key):
+    data, state, step = stateful
+    step = jax.jit(step)
+    decay, warmup = 0.9, 3
+    trajectory = []
+    for i in range(8):
+        idx = jnp.arange(8 * (i % 6), 8 * (i % 6) + 8)
+        state, _ = step(jax.random.fold_in(key, i), state, (data[0][idx], data[1][idx]))
+        trajectory.append({k: np.asarray(v, np.float64) for k, v in state.params.items()})
+    ema = None
+    for s, params in enumerate(trajectory, start=1):
+        if s <= warmup:
+            ema = dict(params)
+        else:
+            ema = {k: decay * ema[k] + (1 - decay) * params[k] for k in params}
+    for k in ema:
+        np.testing.assert_allclose(state.ema_params[k], ema[k], rtol=RTOL_F32)
+    assert not np.allclose(state.ema_params["w"], state.params["w"])  # it really averages
+
+
+def test_per_epoch_evaluation_lands_in_the_history(problem, key):
     data, state, _, epoch = problem
+    seen = []
+
+    def evaluate(e, st):
+        seen.append(e)
+        return {"w0": st.params["w"][0], "grid": jnp.ones((2, 2))}
+
+    _, history = training.fit(
+        key, state, data, epoch_fn=epoch, epochs=5, evaluate=evaluate, eval_every=2, progress=False
+    )
+    assert seen == [2, 4, 5]
+    assert [h["epoch"] for h in history["eval"]] == [2, 4, 5]
+    assert isinstance(history["eval"][0]["w0"], float) and history["eval"][0]["grid"] == [[1, 1], [1, 1]]
+    assert history["loss"][-1] < history["loss"][0]
+
+
+@pytest.mark.parametrize("mode", ["scan", "stepped"])
+def test_interrupted_then_resumed_equals_uninterrupted_bit_for_bit(stateful, key, tmp_path, mode):
+    data, state, step = stateful
+    if mode == "scan":
+        epoch = jax.jit(training.make_epoch_fn(step, batch_size=8))
+    else:
+        epoch = training.make_stepped_epoch_fn(step, batch_size=8, donate=False)
+    fp = {"lr": 0.05}
     full, history = training.fit(key, state, data, epoch_fn=epoch, epochs=3, progress=False)
-    assert history[-1] < history[0]
+    ckpt = tmp_path / "ckpt"
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first(e, st):
+        if e == 2:
+            raise Interrupt  # like a kill during the second epoch's evaluation
+        return {}
+
+    with pytest.raises(Interrupt):
+        training.fit(key, state, data, epoch_fn=epoch, epochs=3, checkpoint_dir=ckpt, fingerprint=fp,
+                     evaluate=stop_after_first, progress=False)  # fmt: skip
+    assert not ckpt.exists() and training.latest_checkpoint(tmp_path / "ckpt.partial") == 1
+    resumed, history2 = training.fit(key, state, data, epoch_fn=epoch, epochs=3, checkpoint_dir=ckpt,
+                                     resume=True, fingerprint=fp, progress=False)  # fmt: skip
+    _leaves_equal(resumed, full)  # params, optimizer state, model state, EMA, step
+    assert history2["loss"] == history["loss"]  # exact: same keys, same batches, same program
+    assert training.latest_checkpoint(ckpt) == 3 and not (tmp_path / "ckpt.partial").exists()
+    # a finished run can be trained longer with --resume
+    longer, _ = training.fit(key, state, data, epoch_fn=epoch, epochs=4, checkpoint_dir=ckpt,
+                             resume=True, fingerprint=fp, progress=False)  # fmt: skip
+    _leaves_equal(longer, training.fit(key, state, data, epoch_fn=epoch, epochs=4, progress=False)[0])
+
+
+def test_resume_checks_settings_before_reading_arrays(problem, key, tmp_path):
+    data, state, _, epoch = problem
     ckpt = tmp_path / "ckpt"
     fp = {"lr": 0.05}
-    training.fit(
-        key, state, data, epoch_fn=epoch, epochs=1, checkpoint_dir=ckpt, fingerprint=fp, progress=False
-    )
-    assert training.latest_checkpoint(ckpt) == 1
-    resumed, history2 = training.fit(
-        key,
-        state,
-        data,
-        epoch_fn=epoch,
-        epochs=3,
-        checkpoint_dir=ckpt,
-        resume=True,
-        fingerprint=fp,
-        progress=False,
-    )
-    assert history2 == history  # exact: same keys, same batches, same compiled program
-    for a, b in zip(jax.tree_util.tree_leaves(resumed), jax.tree_util.tree_leaves(full), strict=True):
-        np.testing.assert_array_equal(a, b)
-    assert training.latest_checkpoint(ckpt) == 3
-    # a checkpoint round trip restores the same structure and values
-    restored, meta = training.restore_checkpoint(ckpt, state)
-    assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(state)
-    assert meta["epoch"] == 3 and meta["history"] == history
-    # settings that differ, or fewer epochs than saved, are refused
-    with pytest.raises(ValueError, match="other settings"):
-        training.fit(key, state, data, epoch_fn=epoch, epochs=4, checkpoint_dir=ckpt, resume=True,
+    training.fit(key, state, data, epoch_fn=epoch, epochs=2, checkpoint_dir=ckpt, fingerprint=fp,
+                 progress=False)  # fmt: skip
+    other = training.init_state({"w": jnp.zeros(7), "b": jnp.zeros(())}, optax.adam(0.05))
+    with pytest.raises(ValueError, match=r"other settings.*'lr': \(0.05, 0.1\)"):
+        training.fit(key, other, data, epoch_fn=epoch, epochs=4, checkpoint_dir=ckpt, resume=True,
                      fingerprint={"lr": 0.1}, progress=False)  # fmt: skip
-    with pytest.raises(ValueError, match="already has 3 epochs"):
-        training.fit(key, state, data, epoch_fn=epoch, epochs=2, checkpoint_dir=ckpt, resume=True,
+    with pytest.raises(ValueError, match="already has 2 epochs"):
+        training.fit(key, state, data, epoch_fn=epoch, epochs=1, checkpoint_dir=ckpt, resume=True,
                      fingerprint=fp, progress=False)  # fmt: skip
-    # without resume the old checkpoints are replaced
-    training.fit(
-        key, state, data, epoch_fn=epoch, epochs=1, checkpoint_dir=ckpt, fingerprint=fp, progress=False
-    )
-    assert training.latest_checkpoint(ckpt) == 1
+    # resume with nothing to resume starts over (and says so in the bar's label)
+    fresh, _ = training.fit(key, state, data, epoch_fn=epoch, epochs=1, checkpoint_dir=tmp_path / "new",
+                            resume=True, fingerprint=fp, progress=False)  # fmt: skip
+    assert training.latest_checkpoint(tmp_path / "new") == 1 and int(fresh.step) == 6
 
 
-def test_bad_arguments_raise(problem, key):
+def test_a_diverging_run_leaves_a_good_run_untouched(key, tmp_path):
+    data = _data()
+    params = {"w": jnp.zeros(3), "b": jnp.zeros(())}
+    ckpt = tmp_path / "ckpt"
+
+    def run(lr, epochs):
+        optimizer = optax.sgd(lr)
+        epoch = jax.jit(training.make_epoch_fn(training.make_train_step(loss_fn, optimizer), batch_size=8))
+        return training.fit(key, training.init_state(params, optimizer), data, epoch_fn=epoch,
+                            epochs=epochs, checkpoint_dir=ckpt, progress=False)  # fmt: skip
+
+    run(0.01, 2)
+    before = _folder_digest(ckpt)
+    with pytest.raises(ValueError, match="diverged in epoch .*smaller learning rate"):
+        run(1e6, 3)
+    assert _folder_digest(ckpt) == before
+    assert not (tmp_path / "ckpt.partial").exists()
+
+
+def test_params_round_trip_through_the_one_orbax_api(tmp_path):
+    params = {"conv": {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}, "n": jnp.int32(4)}
+    training.save_params(tmp_path / "p", params)
+    _leaves_equal(training.load_params(tmp_path / "p", params), params)
+    with pytest.raises(ValueError, match="already exists"):
+        training.save_params(tmp_path / "p", params)
+    training.save_params(tmp_path / "p", jax.tree_util.tree_map(lambda a: a * 2, params), overwrite=True)
+    assert float(training.load_params(tmp_path / "p", params)["conv"]["b"][0]) == 2.0
+    with pytest.raises(ValueError, match="another model|do not match"):
+        training.load_params(tmp_path / "p", {"conv": {"w": jnp.zeros((3, 3)), "b": jnp.ones(3)},
+                                              "n": jnp.int32(0)})  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="no parameters"):
+        training.load_params(tmp_path / "missing", params)
+
+
+def test_bad_arguments_raise(problem, stateful, key):
     data, state, optimizer, epoch = problem
     step = training.make_train_step(loss_fn, optimizer)
     with pytest.raises(ValueError, match="batch_size=64 exceeds n=50"):
@@ -108,7 +268,15 @@ def test_bad_arguments_raise(problem, key):
         training.make_epoch_fn(step, batch_size=8)(key, state, (data[0], data[1][:10]))
     with pytest.raises(ValueError, match="epochs must be"):
         training.fit(key, state, data, epoch_fn=epoch, epochs=0)
+    with pytest.raises(ValueError, match="eval_every must be"):
+        training.fit(key, state, data, epoch_fn=epoch, epochs=1, eval_every=0)
     with pytest.raises(ValueError, match="checkpoint_dir"):
         training.fit(key, state, data, epoch_fn=epoch, epochs=1, resume=True)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         training.restore_checkpoint("/nonexistent/ckpt", state)
+    with pytest.raises(ValueError, match=r"ema_decay must be a number in \[0, 1\)"):
+        training.make_train_step(loss_fn, optimizer, ema_decay=1.0)
+    with pytest.raises(ValueError, match="ema_warmup must be"):
+        training.make_train_step(loss_fn, optimizer, ema_decay=0.9, ema_warmup=-1)
+    with pytest.raises(ValueError, match=r"init_state\(\.\.\., ema=True\)"):
+        training.make_train_step(loss_fn, optimizer, ema_decay=0.9)(key, state, (data[0][:8], data[1][:8]))
