@@ -110,3 +110,14 @@ ATOL_VAE_F32 = 1e-4
 # inputs; the loss is O(10) so eps/h rounding is ~1e-9 relative).
 RTOL_FD_VAE = 1e-5
 ATOL_FD_VAE = 1e-7
+
+# --- metrics (Fréchet distance) ------------------------------------------------------------------
+# scipy.linalg.sqrtm works in complex arithmetic with a Schur decomposition; our two-eigh route
+# differs in rounding by ~1e-9 relative on 20-d covariances (float64).
+RTOL_FRECHET_VS_SQRTM = 1e-8
+# identical sets: the cross term equals tr(Σ) through two eigendecompositions, exact to ~1e-13 of
+# the trace (float64).
+ATOL_FRECHET_ZERO = 1e-9
+# float32 eigendecompositions of rank-deficient 40-d covariances: eigenvalue errors ~eps·‖Σ‖ enter
+# through square roots, ~1e-4 relative on the distance.
+RTOL_FRECHET_F32 = 1e-3
