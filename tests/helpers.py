@@ -121,3 +121,27 @@ ATOL_FRECHET_ZERO = 1e-9
 # float32 eigendecompositions of rank-deficient 40-d covariances: eigenvalue errors ~eps·‖Σ‖ enter
 # through square roots, ~1e-4 relative on the distance.
 RTOL_FRECHET_F32 = 1e-3
+
+# --- diffusion ---------------------------------------------------------------------------------
+# the book's schedule values are quoted to 4 significant figures (0.8970, 0.07859, 4.036e-5):
+# rounding there is at most half a unit in the 4th digit, <= 1.3e-4 relative for these leading
+# digits; 2e-4 leaves room for the float32 cast (6e-8).
+RTOL_BOOK_4_SIG_FIGS = 2e-4
+# float32 diffusion maths (a step, q_sample) vs the same formula in float64 numpy: a handful of
+# roundings at 6e-8 relative on O(1) values, amplified at most ~100x where the DDPM mean divides
+# by sqrt(1 - alpha_bar_1) = 0.01.
+RTOL_DIFFUSION_F32 = 1e-5
+ATOL_DIFFUSION_F32 = 1e-5
+# DDIM (eta = 1, s = t - 1) vs the DDPM step, float32: the DDIM route goes through x0_hat, which
+# at t = T is ~150x larger than x_t (1 / sqrt(alpha_bar_T)) before it is scaled back, so the two
+# algebraically equal updates differ by ~150 * 6e-8 ~ 1e-5 in the worst case (measured 1.2e-6).
+ATOL_DDIM_VS_DDPM_F32 = 1e-5
+# the same in float64: measured 7e-15.
+ATOL_DDIM_VS_DDPM_F64 = 1e-12
+# model error of sampling with the *exact* denoiser of Gaussian data N(0.3, 0.5^2), computed by
+# propagating the sampler's mean and variance exactly in float64 (tests/test_diffusion.py):
+# ancestral DDPM with the posterior variance beta~_t (T = 1000) ends with std 0.4961 (0.8 % low)
+# and mean 0.299997; DDIM with 50 steps and eta = 0 (a first-order ODE discretisation) ends with
+# std 0.4719 (5.6 % low) and mean 0.2991. Tolerances relative to the data std s = 0.5:
+RTOL_DDPM1000_GAUSSIAN = 0.01
+RTOL_DDIM50_GAUSSIAN = 0.07
