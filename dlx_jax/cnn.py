@@ -9,48 +9,58 @@ Architecture (34,826 parameters)::
 
 Parameters are the nested dict ``{"conv1": {"w", "b"}, "conv2": {"w", "b"}, "dense": {"w", "b"}}``
 with HWIO conv kernels and a ``(1600, 10)`` dense matrix — exactly the layout of
-``reference_numpy.cnn``, so no converter is needed. Training uses ``optax.adam``; an epoch is one
-``lax.scan`` over a ``(num_batches, batch_size)`` index matrix (see
-``dlx_jax.data.batch_indices``) with per-step dropout keys ``jax.random.fold_in(key, step)``.
+``reference_numpy.cnn``, so no converter is needed.
 
-Everything here is pure and undecorated; jit at the call site (``jax.jit(train_epoch,
-static_argnames=("optimizer",), donate_argnums=(0, 1))``) or use :func:`make_train_step`.
+Training goes through :mod:`dlx_jax.training` (the one training loop) with :func:`train_loss`, the
+loss in the loop's ``loss_fn(key, params, batch)`` shape (dropout from ``key``, ``batch = (x, y)``):
+
+.. code-block:: python
+
+    optimizer = optax.adam(1e-3)
+    step = training.make_train_step(cnn.train_loss, optimizer)
+    epoch = jax.jit(training.make_epoch_fn(step, batch_size=128), donate_argnums=1)
+    state, history = training.fit(key, training.init_state(params, optimizer), (x, y),
+                                  epoch_fn=epoch, epochs=15)
+
+Parameters are saved and read with :func:`dlx_jax.training.save_params` /
+:func:`load_params` (which also checks the seed-CNN layout). :func:`features` gives the 1,600
+penultimate activations (eval mode), e.g. for a Fréchet distance between sets of images.
+
+Everything here is pure and undecorated; jit at the call site.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax import lax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from dlx_jax import nn, training
 
 __all__ = [
+    "FEATURE_DIM",
     "IMAGE_SHAPE",
     "NUM_CLASSES",
     "accuracy",
     "apply",
     "count_params",
     "evaluate",
+    "features",
     "init_params",
     "load_params",
     "loss",
-    "make_train_step",
     "predict",
-    "save_params",
-    "train_epoch",
-    "train_step",
+    "train_loss",
 ]
 
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
+FEATURE_DIM = 1600  # 5 x 5 x 64 penultimate activations
 _LAYERS = {"conv1": ((3, 3, 1, 32), (32,)), "conv2": ((3, 3, 32, 64), (64,)), "dense": ((1600, 10), (10,))}
 
 Params = dict[str, dict[str, Array]]
@@ -105,6 +115,51 @@ def _check_params(params: Params) -> None:
             )
 
 
+def _check_images(x: Array) -> Array:
+    if jnp.ndim(x) == 3:
+        x = x[..., None]
+    if jnp.ndim(x) != 4 or x.shape[1:] != IMAGE_SHAPE:
+        raise ValueError(f"images must have shape (n, 28, 28, 1), got {jnp.shape(x)}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(
+            f"images must be float in [0, 1], got dtype {x.dtype}; use dlx_jax.data.to_float_images"
+        )
+    return x
+
+
+def features(
+    params: Params,
+    x: Float[Array, "n h w c"],
+    *,
+    conv_impl: str = "im2col",
+    pool_impl: str = "reshape",
+) -> Float[Array, "n 1600"]:
+    """The flattened penultimate activations (after the second pooling, before dropout and dense).
+
+    Eval mode (no dropout): ``apply(params, x) == nn.dense(features(params, x), w, b)`` with the
+    dense layer's weights. Use them to compare sets of images, e.g. by a Fréchet distance.
+
+    Args:
+        params: from :func:`init_params` (or a trained CNN, :func:`load_params`).
+        x: images ``(n, 28, 28, 1)`` (or ``(n, 28, 28)``) in ``[0, 1]``.
+        conv_impl: (static) see :func:`dlx_jax.nn.conv2d`.
+        pool_impl: (static) see :func:`dlx_jax.nn.max_pool2d`.
+
+    Returns:
+        ``(n, 1600)`` features in ``(h, w, c)`` order, in the input's float dtype.
+
+    Raises:
+        ValueError: wrong image shape or dtype, malformed params.
+    """
+    x = _check_images(x)
+    _check_params(params)
+    h = nn.relu(nn.conv2d(x, params["conv1"]["w"], params["conv1"]["b"], impl=conv_impl))
+    h = nn.max_pool2d(h, size=2, impl=pool_impl)
+    h = nn.relu(nn.conv2d(h, params["conv2"]["w"], params["conv2"]["b"], impl=conv_impl))
+    h = nn.max_pool2d(h, size=2, impl=pool_impl)
+    return nn.flatten(h)
+
+
 def apply(
     params: Params,
     x: Float[Array, "n h w c"],
@@ -134,20 +189,7 @@ def apply(
     Raises:
         ValueError: wrong image shape or dtype, malformed params, train mode without key/mask.
     """
-    if jnp.ndim(x) == 3:
-        x = x[..., None]
-    if jnp.ndim(x) != 4 or x.shape[1:] != IMAGE_SHAPE:
-        raise ValueError(f"images must have shape (n, 28, 28, 1), got {jnp.shape(x)}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(
-            f"images must be float in [0, 1], got dtype {x.dtype}; use dlx_jax.data.to_float_images"
-        )
-    _check_params(params)
-    h = nn.relu(nn.conv2d(x, params["conv1"]["w"], params["conv1"]["b"], impl=conv_impl))
-    h = nn.max_pool2d(h, size=2, impl=pool_impl)
-    h = nn.relu(nn.conv2d(h, params["conv2"]["w"], params["conv2"]["b"], impl=conv_impl))
-    h = nn.max_pool2d(h, size=2, impl=pool_impl)
-    h = nn.flatten(h)
+    h = features(params, x, conv_impl=conv_impl, pool_impl=pool_impl)
     if train:
         h = nn.dropout(key, h, rate=rate, mask=dropout_mask)
     return nn.dense(h, params["dense"]["w"], params["dense"]["b"])
@@ -178,89 +220,29 @@ def loss(
     return nn.softmax_cross_entropy(logits, y)
 
 
+def train_loss(
+    key: PRNGKeyArray,
+    params: Params,
+    batch: tuple[Float[Array, "n h w c"], Int[Array, " n"]],
+    *,
+    rate: float = 0.5,
+    conv_impl: str = "im2col",
+    pool_impl: str = "reshape",
+) -> Float[Array, ""]:
+    """:func:`loss` in the training loop's shape ``loss_fn(key, params, batch)``, ``batch = (x, y)``.
+
+    The dropout mask is drawn from ``key``; pass it to
+    :func:`dlx_jax.training.make_train_step` (with ``functools.partial`` for the static options).
+    """
+    x, y = batch
+    return loss(params, x, y, key=key, rate=rate, conv_impl=conv_impl, pool_impl=pool_impl)
+
+
 def accuracy(
     params: Params, x: Float[Array, "n h w c"], y: Int[Array, " n"], **kwargs: Any
 ) -> Float[Array, ""]:
     """Fraction of correctly classified images (eval mode, no dropout)."""
     return jnp.mean(jnp.argmax(apply(params, x, **kwargs), axis=-1) == y)
-
-
-def train_step(
-    params: Params,
-    opt_state: optax.OptState,
-    x: Float[Array, "n h w c"],
-    y: Int[Array, " n"],
-    key: PRNGKeyArray,
-    *,
-    optimizer: optax.GradientTransformation,
-    conv_impl: str = "im2col",
-    pool_impl: str = "reshape",
-) -> tuple[Params, optax.OptState, Float[Array, ""]]:
-    """One optimizer step on one batch: ``(params, opt_state, loss)``.
-
-    ``optimizer`` is static (e.g. ``optax.adam(1e-3)``); dropout uses ``key``.
-    """
-
-    def batch_loss(k, p, batch):
-        return loss(p, *batch, key=k, conv_impl=conv_impl, pool_impl=pool_impl)
-
-    state, value = training.make_train_step(batch_loss, optimizer)(
-        key, training.TrainState(params, opt_state), (x, y)
-    )
-    return state.params, state.opt_state, value
-
-
-def make_train_step(
-    optimizer: optax.GradientTransformation, *, conv_impl: str = "im2col", pool_impl: str = "reshape"
-) -> Callable:
-    """A jitted ``train_step(params, opt_state, x, y, key)`` that donates params and optimizer state."""
-
-    def step(params, opt_state, x, y, key):
-        return train_step(
-            params, opt_state, x, y, key, optimizer=optimizer, conv_impl=conv_impl, pool_impl=pool_impl
-        )
-
-    return jax.jit(step, donate_argnums=(0, 1))
-
-
-def train_epoch(
-    params: Params,
-    opt_state: optax.OptState,
-    x: Float[Array, "n h w c"],
-    y: Int[Array, " n"],
-    batches: Int[Array, "b m"],
-    key: PRNGKeyArray,
-    *,
-    optimizer: optax.GradientTransformation,
-    conv_impl: str = "im2col",
-    pool_impl: str = "reshape",
-) -> tuple[Params, optax.OptState, Float[Array, " b"]]:
-    """One epoch as a ``lax.scan`` over the rows of ``batches`` (index matrix ``(num_batches, batch_size)``).
-
-    Step ``i`` uses dropout key ``fold_in(key, i)``. ``x``/``y`` hold the whole training set on device.
-
-    Returns:
-        ``(params, opt_state, losses)`` with the per-step training losses ``(num_batches,)``.
-    """
-
-    def body(carry, inputs):
-        p, s = carry
-        i, idx = inputs
-        p, s, value = train_step(
-            p,
-            s,
-            x[idx],
-            y[idx],
-            jax.random.fold_in(key, i),
-            optimizer=optimizer,
-            conv_impl=conv_impl,
-            pool_impl=pool_impl,
-        )
-        return (p, s), value
-
-    steps = jnp.arange(batches.shape[0])
-    (params, opt_state), losses = lax.scan(body, (params, opt_state), (steps, batches))
-    return params, opt_state, losses
 
 
 def predict(
@@ -285,33 +267,22 @@ def evaluate(
     return jnp.mean(predict(params, x, batch_size=batch_size, **kwargs) == y)
 
 
-def save_params(path: str | Path, params: Params) -> None:
-    """Write the parameters with orbax (``StandardCheckpointer``) into a new folder ``path``."""
-    import orbax.checkpoint as ocp
-
-    path = Path(path).absolute()
-    with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(path, params)
-        ckpt.wait_until_finished()
-
-
 def load_params(path: str | Path) -> Params:
-    """Read parameters written by :func:`save_params` (validated against the seed CNN layout).
+    """Read seed-CNN parameters written by :func:`dlx_jax.training.save_params` (float32).
+
+    A thin wrapper over :func:`dlx_jax.training.load_params` with the seed CNN's layout as the
+    template.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the checkpoint does not hold seed-CNN parameters.
+        ValueError: the folder does not hold seed-CNN parameters.
     """
-    import orbax.checkpoint as ocp
-
-    path = Path(path).absolute()
+    path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no CNN checkpoint at {path}; train one with `python -m experiments.cnn`")
-    abstract = {
-        name: {"w": jax.ShapeDtypeStruct(ws, jnp.float32), "b": jax.ShapeDtypeStruct(bs, jnp.float32)}
-        for name, (ws, bs) in _LAYERS.items()
-    }
-    with ocp.StandardCheckpointer() as ckpt:
-        params = ckpt.restore(path, abstract)
+        raise FileNotFoundError(
+            f"no CNN parameters at {path.absolute()}; train them with `python -m experiments.cnn`"
+        )
+    like = jax.eval_shape(init_params, jax.random.key(0))
+    params = training.load_params(path, like)
     _check_params(params)
     return params

@@ -20,7 +20,8 @@ ELBO and IWAE in nats (:func:`elbo`, :func:`iwae_bound`) use the full Monte Carl
 .. math::
     \\log w = \\log p(x|z_1) + \\log p(z_1|z_2) + \\log p(z_2) - \\log q(z_1|x) - \\log q(z_2|z_1),
 
-with the same pixel likelihoods as :mod:`dlx_jax.vae` (Bernoulli on binarized data by default).
+with the pixel likelihoods of :mod:`dlx_jax.bounds`, as in :mod:`dlx_jax.vae` (Bernoulli on binarized
+data by default).
 Functions broadcast over leading axes of ``x`` (``*n``); dtypes are preserved.
 """
 
@@ -32,21 +33,16 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from dlx_jax.vae import (
-    GaussianEncoder,
-    MLPDecoder,
-    _check_batch,
-    _check_num_samples,
-    _check_sizes,
+from dlx_jax import nn
+from dlx_jax._checks import check_last_axis, check_num_samples, check_sizes
+from dlx_jax.bounds import (
     diag_normal_log_pdf,
-    gaussian_encoder,
     gaussian_kl,
-    init_dense,
     iwae_from_log_weights,
     log_likelihood,
-    mlp_decoder,
     posterior_log_pdf_from_noise,
 )
+from dlx_jax.vae import GaussianEncoder, gaussian_encoder, init_gaussian_encoder
 
 __all__ = [
     "HVAEParams",
@@ -67,8 +63,8 @@ class HVAEParams(NamedTuple):
 
     encoder1: GaussianEncoder  # q(z1 | x)
     encoder2: GaussianEncoder  # q(z2 | z1)
-    decoder1: MLPDecoder  # logits of p(x | z1)
-    decoder2: MLPDecoder  # mean ẑ of p(z1 | z2) = N(ẑ, I)
+    decoder1: nn.MLP  # logits of p(x | z1)
+    decoder2: nn.MLP  # mean ẑ of p(z1 | z2) = N(ẑ, I)
 
 
 def init_params(
@@ -83,20 +79,18 @@ def init_params(
         latent_dim: (static) ``z``, width of both ``z1`` and ``z2`` (book: 20).
         dtype: (static) parameter dtype.
     """
-    _check_sizes(input_dim=input_dim, hidden_dim=hidden_dim, latent_dim=latent_dim)
+    check_sizes(input_dim=input_dim, hidden_dim=hidden_dim, latent_dim=latent_dim)
     k = jax.random.split(key, 14)
 
     def enc(k0, k1, k2, d_in):
-        return GaussianEncoder(
-            init_dense(k0, fan_in=d_in, fan_out=hidden_dim, dtype=dtype),
-            init_dense(k1, fan_in=hidden_dim, fan_out=latent_dim, dtype=dtype),
-            init_dense(k2, fan_in=hidden_dim, fan_out=latent_dim, dtype=dtype),
+        return init_gaussian_encoder(
+            (k0, k1, k2), input_dim=d_in, hidden_dim=hidden_dim, latent_dim=latent_dim, dtype=dtype
         )
 
     def dec(k0, k1, d_out):
-        return MLPDecoder(
-            init_dense(k0, fan_in=latent_dim, fan_out=hidden_dim, dtype=dtype),
-            init_dense(k1, fan_in=hidden_dim, fan_out=d_out, dtype=dtype),
+        return nn.MLP(
+            nn.init_dense(k0, fan_in=latent_dim, fan_out=hidden_dim, dtype=dtype),
+            nn.init_dense(k1, fan_in=hidden_dim, fan_out=d_out, dtype=dtype),
         )
 
     return HVAEParams(
@@ -114,7 +108,7 @@ def encode(params: HVAEParams, x: Float[Array, "*n d"]) -> tuple[Float[Array, "*
 
 def decode(params: HVAEParams, z1: Float[Array, "*n z"]) -> Float[Array, "*n d"]:
     """:math:`\\hat x = \\mathrm{sigmoid}(\\mathrm{decoder1}(z_1))`."""
-    return jax.nn.sigmoid(mlp_decoder(params.decoder1, z1))
+    return jax.nn.sigmoid(nn.mlp(params.decoder1, z1))
 
 
 def _draw(key: PRNGKeyArray, mu: Array, logvar: Array, shape: tuple[int, ...]) -> tuple[Array, Array]:
@@ -130,13 +124,13 @@ def book_loss(key: PRNGKeyArray, params: HVAEParams, x: Float[Array, "*n d"]) ->
         params: HVAE weights.
         x: flattened images in ``[0, 1]``, ``(B, d)``.
     """
-    _check_batch(params.encoder1.hidden.w.shape[0], x)
+    check_last_axis(x, params.encoder1.hidden.w.shape[0])
     key1, key2 = jax.random.split(key)
     mu1, logvar1 = gaussian_encoder(params.encoder1, x)
     z1, _ = _draw(key1, mu1, logvar1, mu1.shape)
     mu2, logvar2 = gaussian_encoder(params.encoder2, z1)
     z2, _ = _draw(key2, mu2, logvar2, mu2.shape)
-    z_hat = mlp_decoder(params.decoder2, z2)
+    z_hat = nn.mlp(params.decoder2, z2)
     x_hat = decode(params, z1)
     per_example = (
         jnp.sum(jnp.square(x - x_hat), axis=-1)
@@ -166,15 +160,15 @@ def log_importance_weights(
     Returns:
         ``(k, *n)`` log weights in nats.
     """
-    _check_num_samples(num_samples)
-    _check_batch(params.encoder1.hidden.w.shape[0], x)
+    check_num_samples(num_samples)
+    check_last_axis(x, params.encoder1.hidden.w.shape[0])
     key1, key2 = jax.random.split(key)
     mu1, logvar1 = gaussian_encoder(params.encoder1, x)
     z1, eps1 = _draw(key1, mu1, logvar1, (num_samples, *mu1.shape))
     mu2, logvar2 = gaussian_encoder(params.encoder2, z1)
     z2, eps2 = _draw(key2, mu2, logvar2, mu2.shape)
-    z_hat = mlp_decoder(params.decoder2, z2)
-    log_px = log_likelihood(mlp_decoder(params.decoder1, z1), x, likelihood=likelihood)
+    z_hat = nn.mlp(params.decoder2, z2)
+    log_px = log_likelihood(nn.mlp(params.decoder1, z1), x, likelihood=likelihood)
     log_p = log_px + diag_normal_log_pdf(z1, z_hat) + diag_normal_log_pdf(z2)
     log_q = posterior_log_pdf_from_noise(logvar1, eps1) + posterior_log_pdf_from_noise(logvar2, eps2)
     return log_p - log_q
@@ -219,12 +213,12 @@ def sample(key: PRNGKeyArray, params: HVAEParams, *, num_samples: int) -> Float[
         params: HVAE weights.
         num_samples: (static) how many images.
     """
-    _check_num_samples(num_samples)
+    check_num_samples(num_samples)
     key2, key1 = jax.random.split(key)
     latent_dim = params.decoder2.hidden.w.shape[0]
     dtype = params.decoder2.hidden.w.dtype
     z2 = jax.random.normal(key2, (num_samples, latent_dim), dtype=dtype)
-    z_hat = mlp_decoder(params.decoder2, z2)
+    z_hat = nn.mlp(params.decoder2, z2)
     z1 = z_hat + jax.random.normal(key1, z_hat.shape, dtype=dtype)
     return decode(params, z1)
 

@@ -1,9 +1,17 @@
-"""Pure neural-network layer math: conv2d, max_pool2d, dense, relu, dropout, softmax cross-entropy.
+"""Pure neural-network layers: conv2d, max_pool2d, dense and MLPs, relu, dropout, softmax cross-entropy.
 
 Every function is undecorated and side-effect free (callers ``jax.jit``), acts on a batch
-(leading axis ``n``) and preserves the input dtype. Images are NHWC, conv weights HWIO
-``(kh, kw, c_in, c_out)``, dense weights ``(d_in, d_out)`` — the layout ``reference_numpy``
-uses, so parameters move between the two unchanged.
+and preserves the input dtype. Images are NHWC, conv weights HWIO ``(kh, kw, c_in, c_out)``,
+dense weights ``(d_in, d_out)`` — the layout ``reference_numpy`` uses, so parameters move between
+the two unchanged.
+
+**Argument convention.** A layer *operation* takes the input first and its weights as arrays,
+``conv2d(x, w, b)``, ``dense(x, w, b)`` (like ``lax.conv_general_dilated`` and the oracle's
+``layers.*_forward(x, w, b)``). A *network* given as a pytree of weights takes that pytree first,
+``mlp(p, x)`` — like the models built on these layers (``cnn.apply(params, x)``,
+``vae.encode(params, x)``). Weight containers are NamedTuples: :class:`Dense` ``(w, b)`` and
+:class:`MLP` ``(hidden, out)``, initialised like PyTorch's ``nn.Linear`` (:func:`init_dense`,
+:func:`init_mlp`).
 
 Convolution formulations (``impl=``):
 
@@ -36,20 +44,30 @@ first maximal element (the ``reference_numpy`` tie rule), and everything is elem
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from dlx_jax._checks import check_float, check_sizes
+
 __all__ = [
     "AUTO_IM2COL_MAX_K",
     "CONV_IMPLS",
+    "MLP",
     "POOL_IMPLS",
+    "Dense",
     "conv2d",
     "dense",
     "dropout",
     "flatten",
+    "init_dense",
+    "init_mlp",
     "max_pool2d",
+    "mlp",
     "relu",
     "softmax_cross_entropy",
 ]
@@ -58,18 +76,6 @@ CONV_IMPLS = ("auto", "im2col", "lax", "patches")
 # "auto" uses im2col up to this patch length kh*kw*c (3x3 kernels on <= 3 channels), lax above.
 AUTO_IM2COL_MAX_K = 32
 POOL_IMPLS = ("reshape", "reduce_window")
-
-
-def _is_tracer(x) -> bool:
-    return isinstance(x, jax.core.Tracer)
-
-
-def _check_float(name: str, x) -> None:
-    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-        raise ValueError(
-            f"{name} must be a floating-point array, got dtype {jnp.result_type(x)}; cast it with "
-            ".astype(jnp.float32)"
-        )
 
 
 def conv2d(
@@ -107,7 +113,7 @@ def conv2d(
             f"conv2d expects x (n, h, w, c) and w (kh, kw, c, o); got shapes {jnp.shape(x)} and "
             f"{jnp.shape(w)}; add the batch/channel axes (x[None, ..., None])"
         )
-    _check_float("x", x)
+    check_float("x", x)
     n, h, wd, c = x.shape
     kh, kw, ci, co = w.shape
     if ci != c:
@@ -208,22 +214,78 @@ def flatten(x: Float[Array, "n ..."]) -> Float[Array, "n d"]:
 
 
 def dense(
-    x: Float[Array, "n d"], w: Float[Array, "d k"], b: Float[Array, " k"] | None = None
-) -> Float[Array, "n k"]:
-    r"""Affine layer :math:`y = x W + b`.
+    x: Float[Array, "*n d"], w: Float[Array, "d k"], b: Float[Array, " k"] | None = None
+) -> Float[Array, "*n k"]:
+    r"""Affine layer :math:`y = x W + b` over the last axis of ``x`` (broadcasts over leading axes).
 
     Raises:
-        ValueError: ``x`` is not 2-D or its width does not match ``w``.
+        ValueError: ``w`` is not 2-D or its input width does not match ``x``'s last axis.
     """
-    if jnp.ndim(x) != 2 or jnp.ndim(w) != 2 or x.shape[1] != w.shape[0]:
+    if jnp.ndim(x) < 1 or jnp.ndim(w) != 2 or jnp.shape(x)[-1] != w.shape[0]:
         raise ValueError(
-            f"dense expects x (n, d) and w (d, k); got {jnp.shape(x)} and {jnp.shape(w)}; "
-            "flatten the input first"
+            f"dense expects x (..., d) and w (d, k); got {jnp.shape(x)} and {jnp.shape(w)}; "
+            "flatten the input first (e.g. x.reshape(len(x), -1))"
         )
     if b is not None and jnp.shape(b) != (w.shape[1],):
         raise ValueError(f"bias must have shape ({w.shape[1]},), got {jnp.shape(b)}")
     y = jnp.dot(x, w.astype(x.dtype))
     return y if b is None else y + b.astype(x.dtype)
+
+
+class Dense(NamedTuple):
+    """Weights of one affine layer ``y = x @ w + b`` (apply with ``dense(x, p.w, p.b)``)."""
+
+    w: Float[Array, "d k"]
+    b: Float[Array, " k"]
+
+
+class MLP(NamedTuple):
+    """A one-hidden-layer perceptron ``x → relu(x W1 + b1) → W2 + b2`` (no output activation)."""
+
+    hidden: Dense
+    out: Dense
+
+
+def init_dense(key: PRNGKeyArray, *, fan_in: int, fan_out: int, dtype=jnp.float32) -> Dense:
+    r"""PyTorch's ``nn.Linear`` initialization: ``w, b ~ U(-1/√fan_in, 1/√fan_in)``.
+
+    Args:
+        key: PRNG key (split into the weight and bias draws).
+        fan_in: (static) input width ``d``.
+        fan_out: (static) output width ``k``.
+        dtype: (static) parameter dtype.
+
+    Raises:
+        ValueError: a size is < 1.
+    """
+    check_sizes(fan_in=fan_in, fan_out=fan_out)
+    key_w, key_b = jax.random.split(key)
+    bound = 1.0 / math.sqrt(fan_in)
+    w = jax.random.uniform(key_w, (fan_in, fan_out), dtype, minval=-bound, maxval=bound)
+    b = jax.random.uniform(key_b, (fan_out,), dtype, minval=-bound, maxval=bound)
+    return Dense(w, b)
+
+
+def init_mlp(key: PRNGKeyArray, *, fan_in: int, hidden: int, fan_out: int, dtype=jnp.float32) -> MLP:
+    """An :class:`MLP` ``fan_in → hidden → fan_out`` with :func:`init_dense` layers.
+
+    Args:
+        key: PRNG key (split once per layer).
+        fan_in: (static) input width.
+        hidden: (static) hidden units.
+        fan_out: (static) output width.
+        dtype: (static) parameter dtype.
+    """
+    key_hidden, key_out = jax.random.split(key)
+    return MLP(
+        init_dense(key_hidden, fan_in=fan_in, fan_out=hidden, dtype=dtype),
+        init_dense(key_out, fan_in=hidden, fan_out=fan_out, dtype=dtype),
+    )
+
+
+def mlp(p: MLP, x: Float[Array, "*n d"]) -> Float[Array, "*n k"]:
+    """``relu(x W1 + b1) W2 + b2`` (pre-activation output); broadcasts over leading axes of ``x``."""
+    return dense(relu(dense(x, p.hidden.w, p.hidden.b)), p.out.w, p.out.b)
 
 
 def dropout(

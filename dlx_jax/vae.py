@@ -1,9 +1,11 @@
-"""Variational autoencoder (book step 7): encoder, decoder, reparameterization, KL, losses, bounds.
+"""Variational autoencoder (book step 7): encoder, decoder, reparameterization, losses, bounds.
 
 The book's model, as plain pytrees of weights and pure functions (the caller jits):
 
-* encoder ``d → h`` ReLU ``→ (μ, log σ²)``, each ``z`` wide (book: 784 → 200 → 20 + 20);
-* decoder ``z → h`` ReLU ``→ d`` sigmoid (book: 20 → 200 → 784);
+* encoder ``d → h`` ReLU ``→ (μ, log σ²)``, each ``z`` wide (book: 784 → 200 → 20 + 20),
+  a :class:`GaussianEncoder`;
+* decoder ``z → h`` ReLU ``→ d`` sigmoid (book: 20 → 200 → 784), a :class:`dlx_jax.nn.MLP` whose
+  outputs are logits;
 * reparameterization :math:`z = \\mu + \\sigma \\odot \\varepsilon` with
   :math:`\\varepsilon \\sim \\mathcal N(0, I)`.
 
@@ -17,22 +19,14 @@ Two objectives:
 
   a summed squared error plus *twice* the closed-form KL to the prior (it is the negative ELBO of
   a Gaussian decoder with variance 1/2, up to a constant, times 2);
-* a proper per-example ELBO and the importance-weighted bound (IWAE) in **nats**, with the decoder's
-  sigmoid outputs taken as the parameters of a likelihood over pixels (``likelihood=``):
+* a proper per-example ELBO (:func:`elbo`) and the importance-weighted bound (:func:`iwae_bound`) in
+  **nats**, with the decoder's sigmoid outputs taken as the parameters of a likelihood over pixels
+  (``likelihood=``: ``"bernoulli"`` on binarized data, the default, or ``"continuous_bernoulli"``).
 
-  - ``"bernoulli"`` (default):
-    :math:`\\log p(x|z) = \\sum_i x_i \\log \\lambda_i + (1-x_i)\\log(1-\\lambda_i)`,
-    a true log-probability for *binarized* data ``x ∈ {0, 1}`` (binarize test images first,
-    e.g. :func:`binarize`);
-  - ``"continuous_bernoulli"``: the same plus the normalizer :math:`\\log C(\\lambda)` of the
-    continuous Bernoulli (Loaiza-Ganem & Cunningham, 2019), a true log-density for ``x ∈ [0, 1]``.
-
-  Both are computed from logits with ``log_sigmoid``/``softplus``, never ``log(sigmoid)``.
-
-  .. math::
-      \\mathrm{ELBO}(x) = \\mathbb E_{q(z|x)}[\\log p(x|z)] - \\mathrm{KL}(q(z|x)\\,\\|\\,p(z)),\\qquad
-      \\mathcal L_k(x) = \\mathbb E\\Big[\\log \\frac1k \\sum_{i=1}^k \\frac{p(x, z_i)}{q(z_i|x)}\\Big]
-      \\;\\ge\\; \\mathrm{ELBO}(x).
+The likelihoods, Gaussian densities, KL and the IWAE formula live in :mod:`dlx_jax.bounds` (shared
+with :mod:`dlx_jax.hvae`) and are re-exported here: ``vae.gaussian_kl``, ``vae.log_likelihood``,
+``vae.binarize``, ... Generic layers (:class:`~dlx_jax.nn.Dense`, :func:`~dlx_jax.nn.mlp`) come from
+:mod:`dlx_jax.nn`.
 
 Shapes use ``d`` pixels (features), ``h`` hidden units, ``z`` latent units; functions broadcast over
 any leading axes (written ``*n``). Dtypes are preserved (float32 in → float32 out). Shape errors raise
@@ -42,112 +36,97 @@ any leading axes (written ``*n``). Dtypes are preserved (float32 in → float32 
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from dlx_jax import nn
+from dlx_jax._checks import check_last_axis, check_num_samples, check_sizes, validate_images
+from dlx_jax.bounds import (
+    LIKELIHOODS,
+    bernoulli_log_likelihood,
+    binarize,
+    continuous_bernoulli_log_norm,
+    diag_normal_log_pdf,
+    gaussian_kl,
+    iwae_from_log_weights,
+    log_likelihood,
+    posterior_log_pdf_from_noise,
+)
+
 __all__ = [
-    "LIKELIHOODS",
-    "Dense",
+    # the model
     "GaussianEncoder",
-    "MLPDecoder",
     "VAEParams",
-    "bernoulli_log_likelihood",
-    "binarize",
     "book_loss",
-    "continuous_bernoulli_log_norm",
     "decode",
     "decode_logits",
-    "dense",
-    "diag_normal_log_pdf",
     "elbo",
     "encode",
     "gaussian_encoder",
-    "gaussian_kl",
-    "init_dense",
+    "init_gaussian_encoder",
     "init_params",
     "iwae_bound",
-    "iwae_from_log_weights",
     "log_importance_weights",
-    "log_likelihood",
-    "mlp_decoder",
-    "posterior_log_pdf_from_noise",
     "reconstruct",
     "reparameterize",
     "sample",
+    # re-exported from dlx_jax.bounds
+    "LIKELIHOODS",
+    "bernoulli_log_likelihood",
+    "binarize",
+    "continuous_bernoulli_log_norm",
+    "diag_normal_log_pdf",
+    "gaussian_kl",
+    "iwae_from_log_weights",
+    "log_likelihood",
+    "posterior_log_pdf_from_noise",
+    # concrete input check
     "validate_images",
 ]
 
-LIKELIHOODS = ("bernoulli", "continuous_bernoulli")
-_LOG_2PI = math.log(2.0 * math.pi)
 
-
-# --- layers -------------------------------------------------------------------------------------
-
-
-class Dense(NamedTuple):
-    """An affine layer ``y = x @ w + b``."""
-
-    w: Float[Array, "i o"]
-    b: Float[Array, " o"]
+# --- parameters ---------------------------------------------------------------------------------
 
 
 class GaussianEncoder(NamedTuple):
     """``x → h`` ReLU ``→ (μ, log σ²)``: the book's ``Encoder`` (two heads on one hidden layer)."""
 
-    hidden: Dense
-    mu: Dense
-    logvar: Dense
-
-
-class MLPDecoder(NamedTuple):
-    """``z → h`` ReLU ``→ out`` (no output activation here; the caller applies sigmoid or not)."""
-
-    hidden: Dense
-    out: Dense
+    hidden: nn.Dense
+    mu: nn.Dense
+    logvar: nn.Dense
 
 
 class VAEParams(NamedTuple):
     """The book's VAE: ``encoder`` (``q(z|x)``) and ``decoder`` (logits of ``p(x|z)``)."""
 
     encoder: GaussianEncoder
-    decoder: MLPDecoder
+    decoder: nn.MLP
 
 
-def init_dense(key: PRNGKeyArray, *, fan_in: int, fan_out: int, dtype=jnp.float32) -> Dense:
-    """PyTorch's ``nn.Linear`` default: ``w, b ~ U(-1/√fan_in, 1/√fan_in)``.
-
-    Args:
-        key: PRNG key.
-        fan_in: (static) input width.
-        fan_out: (static) output width.
-        dtype: (static) parameter dtype.
-    """
-    if fan_in < 1 or fan_out < 1:
-        raise ValueError(
-            f"layer sizes must be >= 1, got fan_in={fan_in}, fan_out={fan_out}; pass positive sizes"
-        )
-    key_w, key_b = jax.random.split(key)
-    bound = 1.0 / math.sqrt(fan_in)
-    w = jax.random.uniform(key_w, (fan_in, fan_out), dtype, minval=-bound, maxval=bound)
-    b = jax.random.uniform(key_b, (fan_out,), dtype, minval=-bound, maxval=bound)
-    return Dense(w, b)
-
-
-def _check_sizes(**sizes: int) -> None:
-    for name, value in sizes.items():
-        if not isinstance(value, int | np.integer) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}; pass e.g. {name}=20")
+def init_gaussian_encoder(
+    keys: tuple[PRNGKeyArray, PRNGKeyArray, PRNGKeyArray],
+    *,
+    input_dim: int,
+    hidden_dim: int,
+    latent_dim: int,
+    dtype=jnp.float32,
+) -> GaussianEncoder:
+    """A :class:`GaussianEncoder` ``input_dim → hidden_dim → 2 × latent_dim`` from three layer keys."""
+    key_hidden, key_mu, key_logvar = keys
+    return GaussianEncoder(
+        hidden=nn.init_dense(key_hidden, fan_in=input_dim, fan_out=hidden_dim, dtype=dtype),
+        mu=nn.init_dense(key_mu, fan_in=hidden_dim, fan_out=latent_dim, dtype=dtype),
+        logvar=nn.init_dense(key_logvar, fan_in=hidden_dim, fan_out=latent_dim, dtype=dtype),
+    )
 
 
 def init_params(
     key: PRNGKeyArray, *, input_dim: int = 784, hidden_dim: int = 200, latent_dim: int = 20, dtype=jnp.float32
 ) -> VAEParams:
-    """Initial weights of the book's VAE (PyTorch ``nn.Linear`` initialization).
+    """Initial weights of the book's VAE (PyTorch ``nn.Linear`` init, :func:`dlx_jax.nn.init_dense`).
 
     Args:
         key: PRNG key.
@@ -159,44 +138,27 @@ def init_params(
     Raises:
         ValueError: a size is < 1.
     """
-    _check_sizes(input_dim=input_dim, hidden_dim=hidden_dim, latent_dim=latent_dim)
+    check_sizes(input_dim=input_dim, hidden_dim=hidden_dim, latent_dim=latent_dim)
     k = jax.random.split(key, 5)
-    encoder = GaussianEncoder(
-        hidden=init_dense(k[0], fan_in=input_dim, fan_out=hidden_dim, dtype=dtype),
-        mu=init_dense(k[1], fan_in=hidden_dim, fan_out=latent_dim, dtype=dtype),
-        logvar=init_dense(k[2], fan_in=hidden_dim, fan_out=latent_dim, dtype=dtype),
+    encoder = init_gaussian_encoder(
+        (k[0], k[1], k[2]), input_dim=input_dim, hidden_dim=hidden_dim, latent_dim=latent_dim, dtype=dtype
     )
-    decoder = MLPDecoder(
-        hidden=init_dense(k[3], fan_in=latent_dim, fan_out=hidden_dim, dtype=dtype),
-        out=init_dense(k[4], fan_in=hidden_dim, fan_out=input_dim, dtype=dtype),
+    decoder = nn.MLP(
+        hidden=nn.init_dense(k[3], fan_in=latent_dim, fan_out=hidden_dim, dtype=dtype),
+        out=nn.init_dense(k[4], fan_in=hidden_dim, fan_out=input_dim, dtype=dtype),
     )
     return VAEParams(encoder, decoder)
-
-
-def dense(p: Dense, x: Float[Array, "*n i"]) -> Float[Array, "*n o"]:
-    """``x @ w + b`` over the last axis of ``x``; raises ``ValueError`` on a width mismatch."""
-    if x.ndim < 1 or x.shape[-1] != p.w.shape[0]:
-        raise ValueError(
-            f"input has shape {tuple(x.shape)} but the layer expects a last axis of {p.w.shape[0]}; "
-            f"pass inputs of shape (..., {p.w.shape[0]}) (flatten images with x.reshape(len(x), -1))"
-        )
-    return x @ p.w + p.b
 
 
 def gaussian_encoder(
     p: GaussianEncoder, x: Float[Array, "*n d"]
 ) -> tuple[Float[Array, "*n z"], Float[Array, "*n z"]]:
-    """``(μ, log σ²)`` of a diagonal Gaussian from one ReLU hidden layer."""
-    h = jax.nn.relu(dense(p.hidden, x))
-    return dense(p.mu, h), dense(p.logvar, h)
+    """``(μ, log σ²)`` of a diagonal Gaussian from one ReLU hidden layer; broadcasts over leading axes."""
+    h = nn.relu(nn.dense(x, p.hidden.w, p.hidden.b))
+    return nn.dense(h, p.mu.w, p.mu.b), nn.dense(h, p.logvar.w, p.logvar.b)
 
 
-def mlp_decoder(p: MLPDecoder, z: Float[Array, "*n z"]) -> Float[Array, "*n d"]:
-    """``relu(z W1 + b1) W2 + b2`` (pre-activation output)."""
-    return dense(p.out, jax.nn.relu(dense(p.hidden, z)))
-
-
-# --- the VAE ------------------------------------------------------------------------------------
+# --- the VAE -------------------------------------------------------------------------------------
 
 
 def encode(params: VAEParams, x: Float[Array, "*n d"]) -> tuple[Float[Array, "*n z"], Float[Array, "*n z"]]:
@@ -210,7 +172,7 @@ def encode(params: VAEParams, x: Float[Array, "*n d"]) -> tuple[Float[Array, "*n
 
 def decode_logits(params: VAEParams, z: Float[Array, "*n z"]) -> Float[Array, "*n d"]:
     """Logits ``ℓ`` of the decoder, :math:`\\hat x = \\sigma(\\ell)`; broadcasts over leading axes."""
-    return mlp_decoder(params.decoder, z)
+    return nn.mlp(params.decoder, z)
 
 
 def decode(params: VAEParams, z: Float[Array, "*n z"]) -> Float[Array, "*n d"]:
@@ -231,44 +193,6 @@ def reparameterize(
     return mu + jnp.exp(0.5 * logvar) * eps
 
 
-def gaussian_kl(
-    mu: Float[Array, "*n z"], logvar: Float[Array, "*n z"], prior_mean: Float[Array, "*n z"] | float = 0.0
-) -> Float[Array, "*n"]:
-    """Closed-form KL divergence of a diagonal Gaussian from :math:`\\mathcal N(m, I)`.
-
-    .. math::
-        \\mathrm{KL} = \\tfrac12 \\sum_j \\big(\\sigma_j^2 + (\\mu_j - m_j)^2 - 1 - \\log \\sigma_j^2\\big)
-
-    Args:
-        mu: means ``μ``.
-        logvar: log variances ``log σ²`` (same shape).
-        prior_mean: the prior mean ``m`` (0 for the standard normal prior; the HVAE's ``ẑ``).
-
-    Returns:
-        KL in nats, summed over the last axis.
-    """
-    if mu.shape != logvar.shape:
-        raise ValueError(f"mu {mu.shape} and logvar {logvar.shape} must have the same shape")
-    return 0.5 * jnp.sum(jnp.exp(logvar) + jnp.square(mu - prior_mean) - 1.0 - logvar, axis=-1)
-
-
-def diag_normal_log_pdf(
-    z: Float[Array, "*n z"],
-    mu: Float[Array, "*n z"] | float = 0.0,
-    logvar: Float[Array, "*n z"] | float = 0.0,
-) -> Float[Array, "*n"]:
-    """:math:`\\log \\mathcal N(z; \\mu, \\mathrm{diag}\\,e^{\\log\\sigma^2})`, summed over the last axis."""
-    return -0.5 * jnp.sum(_LOG_2PI + logvar + jnp.square(z - mu) * jnp.exp(-logvar), axis=-1)
-
-
-def _check_batch(params_in: int, x: Array) -> None:
-    if x.ndim < 1 or x.shape[-1] != params_in:
-        raise ValueError(
-            f"x has shape {tuple(x.shape)} but the model expects (..., {params_in}); "
-            f"flatten images to (n, {params_in}) with x.reshape(len(x), -1)"
-        )
-
-
 def book_loss(key: PRNGKeyArray, params: VAEParams, x: Float[Array, "*n d"]) -> Float[Array, ""]:
     """The book's training loss (one reparameterized draw per example), averaged over examples.
 
@@ -287,81 +211,12 @@ def book_loss(key: PRNGKeyArray, params: VAEParams, x: Float[Array, "*n d"]) -> 
     Returns:
         The scalar loss, in ``x``'s dtype.
     """
-    _check_batch(params.encoder.hidden.w.shape[0], x)
+    check_last_axis(x, params.encoder.hidden.w.shape[0])
     mu, logvar = encode(params, x)
     z = reparameterize(key, mu, logvar)
     x_hat = decode(params, z)
     per_example = jnp.sum(jnp.square(x - x_hat), axis=-1) + 2.0 * gaussian_kl(mu, logvar)
     return jnp.mean(per_example)
-
-
-# --- likelihoods, ELBO and IWAE -----------------------------------------------------------------
-
-
-def bernoulli_log_likelihood(logits: Float[Array, "*n d"], x: Float[Array, "*n d"]) -> Float[Array, "*n"]:
-    """Bernoulli log-likelihood from logits, summed over the last axis.
-
-    .. math::
-        \\sum_i x_i \\log\\sigma(\\ell_i) + (1-x_i)\\log(1-\\sigma(\\ell_i))
-        = \\sum_i x_i\\ell_i - \\mathrm{softplus}(\\ell_i)
-
-
-    A log-probability in nats for ``x ∈ {0, 1}``; broadcasts ``logits`` against ``x``.
-    """
-    return jnp.sum(x * logits - jax.nn.softplus(logits), axis=-1)
-
-
-def continuous_bernoulli_log_norm(logits: Float[Array, "*n d"]) -> Float[Array, "*n d"]:
-    """Elementwise :math:`\\log C(\\lambda)` of the continuous Bernoulli, :math:`\\lambda = \\sigma(\\ell)`.
-
-    .. math::
-        C(\\lambda) = \\frac{2\\,\\mathrm{artanh}(1 - 2\\lambda)}{1 - 2\\lambda}
-        = \\frac{\\ell}{\\tanh(\\ell/2)},
-
-    evaluated as :math:`\\log|\\ell| - \\log\\tanh(|\\ell|/2)` and, for :math:`|\\ell| < 10^{-2}`, by its
-    Taylor series :math:`\\log 2 + \\ell^2/12 - \\ell^4/720`.
-    """
-    a = jnp.abs(logits)
-    small = a < 1e-2
-    safe = jnp.where(small, 1.0, a)
-    exact = jnp.log(safe) - jnp.log(jnp.tanh(0.5 * safe))
-    a2 = jnp.square(a)
-    taylor = math.log(2.0) + a2 / 12.0 - jnp.square(a2) / 720.0
-    return jnp.where(small, taylor, exact)
-
-
-def log_likelihood(
-    logits: Float[Array, "*n d"], x: Float[Array, "*n d"], *, likelihood: str = "bernoulli"
-) -> Float[Array, "*n"]:
-    """``log p(x | z)`` in nats from decoder logits, for ``likelihood`` (static) in :data:`LIKELIHOODS`."""
-    if likelihood not in LIKELIHOODS:
-        raise ValueError(f"likelihood={likelihood!r} is not one of {LIKELIHOODS}; pick one of them")
-    ll = bernoulli_log_likelihood(logits, x)
-    if likelihood == "continuous_bernoulli":
-        ll = ll + jnp.sum(continuous_bernoulli_log_norm(logits), axis=-1)
-    return ll
-
-
-def posterior_log_pdf_from_noise(
-    logvar: Float[Array, "*n z"], eps: Float[Array, "*n z"]
-) -> Float[Array, "*n"]:
-    """:math:`\\log \\mathcal N(z; \\mu, \\sigma^2)` at a reparameterised draw
-    :math:`z = \\mu + \\sigma\\varepsilon`.
-
-    Since :math:`z - \\mu = \\sigma\\varepsilon`, the density needs only ``logvar`` and ``eps``:
-    :math:`-\\tfrac12 \\sum_j (\\log 2\\pi + \\log\\sigma_j^2 + \\varepsilon_j^2)`.
-    """
-    return -0.5 * jnp.sum(_LOG_2PI + logvar + jnp.square(eps), axis=-1)
-
-
-def iwae_from_log_weights(log_w: Float[Array, "k *n"]) -> Float[Array, "*n"]:  # noqa: UP037, F821
-    """:math:`\\log \\frac1k \\sum_i w_i` from ``k`` log weights on axis 0: ``logsumexp - log k``."""
-    return jax.nn.logsumexp(log_w, axis=0) - math.log(log_w.shape[0])
-
-
-def _check_num_samples(num_samples: int) -> None:
-    if not isinstance(num_samples, int | np.integer) or num_samples < 1:
-        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}; pass e.g. num_samples=1")
 
 
 def log_importance_weights(
@@ -384,8 +239,8 @@ def log_importance_weights(
     Returns:
         ``(k, *n)`` log weights in nats.
     """
-    _check_num_samples(num_samples)
-    _check_batch(params.encoder.hidden.w.shape[0], x)
+    check_num_samples(num_samples)
+    check_last_axis(x, params.encoder.hidden.w.shape[0])
     mu, logvar = encode(params, x)
     eps = jax.random.normal(key, (num_samples, *mu.shape), dtype=mu.dtype)
     z = mu + jnp.exp(0.5 * logvar) * eps
@@ -426,8 +281,8 @@ def elbo(
         return jnp.mean(
             log_importance_weights(key, params, x, num_samples=num_samples, likelihood=likelihood), axis=0
         )
-    _check_num_samples(num_samples)
-    _check_batch(params.encoder.hidden.w.shape[0], x)
+    check_num_samples(num_samples)
+    check_last_axis(x, params.encoder.hidden.w.shape[0])
     mu, logvar = encode(params, x)
     eps = jax.random.normal(key, (num_samples, *mu.shape), dtype=mu.dtype)
     z = mu + jnp.exp(0.5 * logvar) * eps
@@ -474,7 +329,7 @@ def sample(key: PRNGKeyArray, params: VAEParams, *, num_samples: int) -> Float[A
         params: VAE weights.
         num_samples: (static) how many images.
     """
-    _check_num_samples(num_samples)
+    check_num_samples(num_samples)
     latent_dim = params.decoder.hidden.w.shape[0]
     z = jax.random.normal(key, (num_samples, latent_dim), dtype=params.decoder.hidden.w.dtype)
     return decode(params, z)
@@ -484,53 +339,3 @@ def reconstruct(params: VAEParams, x: Float[Array, "*n d"]) -> Float[Array, "*n 
     """Deterministic reconstruction :math:`\\sigma(\\ell(\\mu(x)))` (decode the posterior mean)."""
     mu, _ = encode(params, x)
     return decode(params, mu)
-
-
-def binarize(x: Float[Array, "*n d"], threshold: float = 0.5) -> Float[Array, "*n d"]:
-    """Static binarization ``x > threshold`` as ``x``'s dtype (for the Bernoulli likelihood)."""
-    return (x > threshold).astype(x.dtype)
-
-
-# --- input validation (concrete arrays) ---------------------------------------------------------
-
-
-def validate_images(x, *, input_dim: int = 784, name: str = "images") -> np.ndarray:
-    """Check a concrete batch of images and return it flattened to float32 ``(n, d)``.
-
-    Accepts ``(n, d)``, ``(n, H, W)`` or ``(n, H, W, 1)`` with ``H·W = d``, values in ``[0, 1]``
-    (uint8 0–255 images are rejected: convert with ``dlx_jax.data.to_float_images``). This is a
-    value check and so runs on concrete arrays only (call it before jitting, as the experiments do).
-
-    Raises:
-        ValueError: wrong shape, an empty batch, NaN/inf, or values outside ``[0, 1]``.
-    """
-    if isinstance(x, jax.core.Tracer):
-        raise ValueError(
-            f"validate_images needs a concrete array, got a tracer for {name}; call it outside jit"
-        )
-    arr = np.asarray(x)
-    shape = arr.shape
-    if arr.ndim == 4 and shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 3:
-        arr = arr.reshape(len(arr), -1)
-    if arr.ndim != 2 or arr.shape[1] != input_dim:
-        raise ValueError(
-            f"{name} have shape {shape}; expected (n, {input_dim}), (n, H, W) or (n, H, W, 1) with "
-            f"H*W = {input_dim} (e.g. 28x28 MNIST); reshape or resize the images"
-        )
-    if len(arr) == 0:
-        raise ValueError(f"{name} is empty; pass at least one image")
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(
-            f"{name} have dtype {arr.dtype}; expected floats in [0, 1] (uint8 pixels 0-255: divide by 255, "
-            "e.g. with dlx_jax.data.to_float_images)"
-        )
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contain NaN or infinite values; clean the data")
-    lo, hi = float(arr.min()), float(arr.max())
-    if lo < 0.0 or hi > 1.0:
-        raise ValueError(
-            f"{name} have values in [{lo:g}, {hi:g}]; expected pixels in [0, 1] (divide 0-255 images by 255)"
-        )
-    return arr.astype(np.float32, copy=False)

@@ -2,14 +2,19 @@
 
 Conv 32 3x3 + ReLU -> max-pool 2x2 -> conv 64 3x3 + ReLU -> max-pool 2x2 -> dropout 0.5 -> dense 10
 (34,826 parameters), trained with Adam (lr 1e-3, batch 128) on softmax cross-entropy. The JAX backend
-runs each epoch as one compiled ``lax.scan`` (``dlx_jax.cnn.train_epoch``); the numpy backend trains the
-from-scratch im2col reference (``reference_numpy.train.fit``). The trained parameters are saved with orbax
-into ``OUT/params`` so later steps can use the network as a judge of generated digits
-(:func:`load_trained`). This is the book's neural-network groundwork (step 6) made concrete.
+trains through ``dlx_jax.training.fit`` — each epoch one compiled ``lax.scan`` over the batches, the
+test accuracy after every epoch, checkpoints in ``OUT/checkpoints`` (``--resume`` continues an
+interrupted run with the numbers of an uninterrupted one); the numpy backend trains the
+from-scratch im2col reference (``reference_numpy.train.fit``). The trained parameters are saved with
+orbax (``dlx_jax.training.save_params``) into ``OUT/params``, beside ``config.json`` which names the
+dataset, so later steps can use the network as a judge of generated digits (:func:`load_trained`,
+:func:`trained_dataset`, ``dlx_jax.cnn.features``). This is the book's neural-network groundwork
+(step 6) made concrete.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +38,7 @@ class Config:
     epochs: int = 5
     batch_size: int = 128
     lr: float = 1e-3
+    resume: bool = False
 
     SUMMARY = ("test_accuracy", "backend", "dataset", "epoch_seconds")
     HELP = {
@@ -42,15 +48,34 @@ class Config:
         "epochs": "passes over the training set",
         "batch_size": "examples per Adam step",
         "lr": "Adam learning rate",
+        "resume": "continue from OUT/checkpoints (same settings) instead of starting over (jax backend)",
     }
     CHOICES = {"backend": ["jax", "numpy"], "dataset": ["mnist-5k", "mnist", "fashion-mnist"]}
 
 
 def load_trained(out: str | Path = "outputs/cnn"):
-    """Parameters saved by this step (``OUT/params``), for ``dlx_jax.cnn.apply``."""
+    """Parameters saved by this step (``OUT/params``), for ``dlx_jax.cnn.apply`` / ``cnn.features``.
+
+    Raises:
+        FileNotFoundError: no trained CNN in ``out`` (with the command that makes one).
+    """
     from dlx_jax import cnn
 
     return cnn.load_params(Path(out) / "params")
+
+
+def trained_dataset(out: str | Path = "outputs/cnn") -> str:
+    """The dataset the CNN in ``out`` was trained on (``config.json`` beside ``OUT/params``).
+
+    Raises:
+        FileNotFoundError: ``out`` holds no finished run.
+    """
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no finished CNN run in {out} (no config.json); run `python -m experiments.cnn`"
+        )
+    return str(json.loads(path.read_text())["dataset"])
 
 
 def _validate(config: Config):
@@ -65,6 +90,8 @@ def _validate(config: Config):
         raise ValueError(f"--batch-size must be >= 1, got {config.batch_size}")
     if not config.lr > 0:
         raise ValueError(f"--lr must be > 0, got {config.lr}")
+    if config.resume and config.backend != "jax":
+        raise ValueError("--resume needs --backend jax (the numpy reference keeps no checkpoints)")
     ds = load_dataset(config.dataset, data_dir=config.data_dir)
     x_train, y_train, x_test, y_test = ds.x_train, ds.y_train, ds.x_test, ds.y_test
     if config.quick:
@@ -83,44 +110,59 @@ def _validate(config: Config):
 
 
 def _train_jax(config: Config, epochs: int, x_train, y_train, x_test, y_test, progress):
+    """Train through ``dlx_jax.training.fit``; the epoch is compiled ahead (``compile_s`` apart)."""
     import jax
     import jax.numpy as jnp
     import optax
 
-    from dlx_jax import cnn
-    from dlx_jax.data import batch_indices, to_float_images
+    from dlx_jax import cnn, training
+    from dlx_jax.data import to_float_images
 
-    key_init, key_shuffle, key_dropout = jax.random.split(jax.random.key(config.seed), 3)
+    key_init, key_train = jax.random.split(jax.random.key(config.seed))
     optimizer = optax.adam(config.lr)
-    params = cnn.init_params(key_init)
-    opt_state = optimizer.init(params)
-    x, y = jnp.asarray(to_float_images(x_train)), jnp.asarray(y_train, jnp.int32)
+    state = training.init_state(cnn.init_params(key_init), optimizer)
+    data = (jnp.asarray(to_float_images(x_train)), jnp.asarray(y_train, jnp.int32))
     xt = jnp.asarray(to_float_images(x_test))
-    n = len(y_train)
-
-    def epoch_fn(params, opt_state, x, y, batches, key):
-        return cnn.train_epoch(params, opt_state, x, y, batches, key, optimizer=optimizer)
-
-    epoch_jit = jax.jit(epoch_fn, donate_argnums=(0, 1))
+    step = training.make_train_step(cnn.train_loss, optimizer)
+    epoch_jit = jax.jit(training.make_epoch_fn(step, batch_size=config.batch_size), donate_argnums=1)
     predict = jax.jit(lambda p, x: cnn.predict(p, x, batch_size=500))
     start = time.perf_counter()
-    batches = batch_indices(jax.random.fold_in(key_shuffle, 0), n, batch_size=config.batch_size)
-    compiled = epoch_jit.lower(params, opt_state, x, y, batches, key_dropout).compile()
+    epoch_fn = epoch_jit.lower(key_train, state, data).compile()
     compile_s = time.perf_counter() - start
-    history = {"train_loss": [], "test_accuracy": [], "epoch_seconds": []}
-    for epoch in progress(range(epochs)):
-        batches = batch_indices(jax.random.fold_in(key_shuffle, epoch), n, batch_size=config.batch_size)
-        start = time.perf_counter()
-        params, opt_state, losses = compiled(
-            params, opt_state, x, y, batches, jax.random.fold_in(key_dropout, epoch)
-        )
-        losses.block_until_ready()
-        history["epoch_seconds"].append(time.perf_counter() - start)
-        history["train_loss"].append(float(jnp.mean(losses)))
-        history["test_accuracy"].append(float(np.mean(np.asarray(predict(params, xt)) == y_test)))
-        progress.set_postfix(loss=history["train_loss"][-1], test_acc=history["test_accuracy"][-1])
-    preds = np.asarray(predict(params, xt))
-    return params, history, preds, compile_s
+
+    def test_accuracy(epoch: int, state: training.TrainState) -> dict:
+        acc = float(np.mean(np.asarray(predict(state.params, xt)) == y_test))
+        progress.advance(epoch, test_acc=acc)
+        return {"test_accuracy": acc}
+
+    fingerprint = {
+        "model": "cnn",
+        "dataset": config.dataset,
+        "n_train": len(y_train),
+        "quick": config.quick,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "seed": config.seed,
+    }
+    state, history = training.fit(
+        key_train,
+        state,
+        data,
+        epoch_fn=epoch_fn,
+        epochs=epochs,
+        checkpoint_dir=Path(config.out) / "checkpoints",
+        resume=config.resume,
+        fingerprint=fingerprint,
+        evaluate=test_accuracy,
+        progress=False,  # the step's own bar below
+    )
+    curves = {
+        "train_loss": history["loss"],
+        "test_accuracy": [row["test_accuracy"] for row in history["eval"]],
+        "epoch_seconds": history["epoch_seconds"],
+    }
+    preds = np.asarray(predict(state.params, xt))
+    return state.params, curves, preds, compile_s
 
 
 def _train_numpy(config: Config, epochs: int, x_train, y_train, x_test, y_test, progress):
@@ -135,7 +177,7 @@ def _train_numpy(config: Config, epochs: int, x_train, y_train, x_test, y_test, 
     opt_state = optimizer.init(params)
     x, xt = to_float_images(x_train), to_float_images(x_test)
     history = {"train_loss": [], "test_accuracy": [], "epoch_seconds": []}
-    for _ in progress(range(epochs)):
+    for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         params, opt_state, loss = ref_train.train_epoch(
             params, opt_state, x, y_train, batch_size=config.batch_size, rng=rng, optimizer=optimizer
@@ -143,7 +185,7 @@ def _train_numpy(config: Config, epochs: int, x_train, y_train, x_test, y_test, 
         history["epoch_seconds"].append(time.perf_counter() - start)
         history["train_loss"].append(float(loss))
         history["test_accuracy"].append(ref_train.evaluate(params, xt, y_test))
-        progress.set_postfix(loss=history["train_loss"][-1], test_acc=history["test_accuracy"][-1])
+        progress.advance(epoch, test_acc=history["test_accuracy"][-1])
     preds = ref_cnn.predict(params, xt)
     return params, history, preds, 0.0
 
@@ -154,18 +196,14 @@ def main(config: Config) -> dict:
 
     from tqdm.auto import tqdm
 
-    from dlx_jax import cnn
+    from dlx_jax import cnn, training
 
     with tqdm(total=epochs, desc=f"cnn {config.backend} {config.dataset}", unit="epoch", leave=False) as bar:
 
-        class _Progress:  # iterate epochs and advance the bar
-            def __call__(self, it):
-                for item in it:
-                    yield item
-                    bar.update(1)
-
-            def set_postfix(self, **kw):
-                bar.set_postfix({k: f"{v:.4f}" for k, v in kw.items()})
+        class _Progress:  # the bar follows the epochs done (a resumed run starts part-way)
+            def advance(self, epoch: int, **postfix: float) -> None:
+                bar.update(epoch - bar.n)
+                bar.set_postfix({k: f"{v:.4f}" for k, v in postfix.items()})
 
         train = _train_jax if config.backend == "jax" else _train_numpy
         params, history, preds, compile_s = train(
@@ -181,7 +219,7 @@ def main(config: Config) -> dict:
     accuracy = float(np.mean(preds == y_test))
 
     with StepOutput(config) as out:
-        cnn.save_params(out.path("params"), params)
+        training.save_params(out.path("params"), params)
         if out.plots:
             _plot_curves(out, config, history)
             _plot_digits(out, config, x_test, y_test, preds)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dlx_jax import nn
+from dlx_jax import nn, training
 from experiments._common import StepOutput, cli, plt
 
 ROSENBROCK_START = (0.0, 2.0)
@@ -108,17 +108,23 @@ def mlp_loss(params, x, y):
 
 
 def fit_sgd(loss_fn, params, x, y, *, lr: float, iters: int):
-    """Full-batch ``optax.sgd(lr)`` for ``iters`` steps in ``lax.scan``; returns (params, loss history)."""
-    opt = optax.sgd(lr)
+    """Full-batch ``optax.sgd(lr)`` for ``iters`` steps; returns (params, loss history).
 
-    def step(carry, _):
-        p, s = carry
-        loss, g = jax.value_and_grad(loss_fn)(p, x, y)
-        updates, s = opt.update(g, s, p)
-        return (optax.apply_updates(p, updates), s), loss
+    Each update is the project's one optimizer step (``dlx_jax.training.make_train_step``); the
+    ``iters`` updates on the same full batch run inside this step's single compiled function as a
+    ``lax.scan`` (the book's 10,000 iterations, not epochs over mini-batches: no shuffling, no
+    checkpoints, so ``training.fit`` has nothing to add here).
+    """
+    optimizer = optax.sgd(lr)
+    step = training.make_train_step(lambda key, p, batch: loss_fn(p, *batch), optimizer)
+    key = jax.random.key(0)  # unused: the loss is deterministic
 
-    (params, _), losses = jax.lax.scan(step, (params, opt.init(params)), length=iters)
-    return params, losses
+    def body(state, _):
+        state, metrics = step(key, state, (x, y))
+        return state, metrics["loss"]
+
+    state, losses = jax.lax.scan(body, training.init_state(params, optimizer), length=iters)
+    return state.params, losses
 
 
 # ------------------------------------------------------------------------------ main

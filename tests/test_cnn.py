@@ -1,5 +1,6 @@
 """dlx_jax.cnn: the seed CNN vs reference_numpy (logits, loss, grads, 20 Adam steps), autodiff vs
-finite differences in float64, jit == eager, vmap == loop, scan epoch == loop of steps, checkpoints."""
+finite differences in float64, jit == eager, vmap == loop, the training-loop epoch == a loop of
+steps, penultimate features, parameters through training.save_params / cnn.load_params."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from dlx_jax import cnn, nn
+from dlx_jax import cnn, nn, training
+from dlx_jax.data import batch_indices
 from reference_numpy import adam as ref_adam
 from reference_numpy import cnn as ref_cnn
 from reference_numpy import layers as ref_layers
@@ -215,28 +217,53 @@ def test_dropout_from_key_is_deterministic_and_active(key):
 # ------------------------------------------------------------------------------ training helpers
 
 
-def test_train_epoch_scan_equals_loop_of_steps_and_learns(key):
+def test_training_epoch_equals_a_loop_of_steps_and_learns(key):
+    """The epoch experiments.cnn trains with (training.make_epoch_fn on cnn.train_loss) == the same
+    Adam steps called one by one on the same batches with the same dropout keys."""
     x, y, _ = _batch(11, 64)
     y = (x.reshape(64, -1).mean(axis=1) > np.median(x.reshape(64, -1).mean(axis=1))).astype(np.int32)
+    data = (jnp.asarray(x), jnp.asarray(y))
     optimizer = optax.adam(1e-3)
-    params = cnn.init_params(key)
-    batches = jnp.asarray(np.random.default_rng(0).permutation(64).reshape(4, 16).astype(np.int32))
-    epoch = jax.jit(
-        lambda p, s, k: cnn.train_epoch(p, s, jnp.asarray(x), jnp.asarray(y), batches, k, optimizer=optimizer)
-    )
-    p1, s1, losses = epoch(params, optimizer.init(params), jax.random.key(5))
-    step = cnn.make_train_step(optimizer)
+    step = training.make_train_step(cnn.train_loss, optimizer)
+    epoch = jax.jit(training.make_epoch_fn(step, batch_size=16))
+    state0 = training.init_state(cnn.init_params(key), optimizer)
+    state1, metrics = epoch(jax.random.key(5), state0, data)
+    losses = metrics["loss"]
+    assert losses.shape == (4,) and int(state1.step) == 4
+    key_perm, key_steps = jax.random.split(jax.random.key(5))
+    batches = np.asarray(batch_indices(key_perm, 64, batch_size=16))
+    one = jax.jit(jax.value_and_grad(lambda p, k, xb, yb: cnn.loss(p, xb, yb, key=k)))
     p2, s2 = cnn.init_params(key), optimizer.init(cnn.init_params(key))
     for i in range(4):
-        idx = np.asarray(batches[i])
-        p2, s2, value = step(p2, s2, x[idx], y[idx], jax.random.fold_in(jax.random.key(5), i))
+        idx = batches[i]
+        value, grads = one(p2, jax.random.fold_in(key_steps, i), x[idx], y[idx])
+        updates, s2 = optimizer.update(grads, s2, p2)
+        p2 = optax.apply_updates(p2, updates)
         np.testing.assert_allclose(losses[i], value, rtol=RTOL_SCAN_VS_LOOP_F32, atol=ATOL_SCAN_VS_LOOP_F32)
     _assert_tree_close(
-        p1, jax.tree_util.tree_map(np.asarray, p2), RTOL_SCAN_VS_LOOP_F32, ATOL_SCAN_VS_LOOP_F32
+        state1.params, jax.tree_util.tree_map(np.asarray, p2), RTOL_SCAN_VS_LOOP_F32, ATOL_SCAN_VS_LOOP_F32
     )
-    for _ in range(15):
-        p1, s1, more = epoch(p1, s1, jax.random.key(6))
-    assert float(more.mean()) < 0.8 * float(losses.mean())
+    for e in range(15):
+        state1, more = epoch(jax.random.key(6 + e), state1, data)
+    assert float(more["loss"].mean()) < 0.8 * float(losses.mean())
+
+
+def test_features_are_the_inputs_of_the_dense_layer(key):
+    x, _, _ = _batch(13, 5)
+    params = cnn.init_params(key)
+    feats = jax.jit(cnn.features)(params, x)
+    assert feats.shape == (5, cnn.FEATURE_DIM) and feats.dtype == jnp.float32
+    assert float(feats.min()) >= 0.0  # after ReLU and max pooling
+    np.testing.assert_allclose(
+        nn.dense(feats, params["dense"]["w"], params["dense"]["b"]),
+        jax.jit(cnn.apply)(params, x),
+        rtol=RTOL_JIT_F32,
+        atol=ATOL_JIT_F32,
+    )
+    _, cache = ref_cnn.forward(jax.tree_util.tree_map(np.asarray, params), x, train=False)
+    np.testing.assert_allclose(feats, cache["dense"]["x"], rtol=RTOL_CNN_REF_F32, atol=ATOL_CNN_REF_F32)
+    with pytest.raises(ValueError, match=r"\(n, 28, 28, 1\)"):
+        cnn.features(params, jnp.zeros((2, 27, 27, 1)))
 
 
 def test_predict_and_evaluate_in_uneven_batches(key):
@@ -252,11 +279,15 @@ def test_predict_and_evaluate_in_uneven_batches(key):
 
 def test_save_and_load_params_roundtrip(tmp_path, key):
     params = cnn.init_params(key)
-    cnn.save_params(tmp_path / "params", params)
+    training.save_params(tmp_path / "params", params)
     loaded = cnn.load_params(tmp_path / "params")
     _assert_tree_close(loaded, jax.tree_util.tree_map(np.asarray, params), 0.0, 0.0)
     with pytest.raises(FileNotFoundError, match="experiments.cnn"):
         cnn.load_params(tmp_path / "missing")
+    other = {**params, "dense": {"w": jnp.zeros((1600, 5)), "b": jnp.zeros(5)}}
+    training.save_params(tmp_path / "other", other)
+    with pytest.raises(ValueError, match="another model|do not match"):
+        cnn.load_params(tmp_path / "other")
 
 
 def test_bad_inputs_raise(key):

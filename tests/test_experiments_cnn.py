@@ -1,16 +1,22 @@
-"""experiments.cnn on a tiny config: metrics, figures, checkpoint; bad input fails before any output."""
+"""experiments.cnn on a tiny config: metrics, figures, saved parameters; an interrupted run resumed
+equals an uninterrupted one bit for bit; bad input fails before any output."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 import pytest
+from test_experiments_vae import Interrupted, assert_bitwise_equal, interrupt_before_saving
 
-from dlx_jax import cnn
-from experiments.cnn import QUICK_EPOCHS, QUICK_TRAIN, Config, load_trained, main
+from dlx_jax import cnn, training
+from experiments.cnn import QUICK_EPOCHS, QUICK_TRAIN, Config, load_trained, main, trained_dataset
 
 
 @pytest.mark.parametrize("backend", ["jax", "numpy"])
@@ -33,6 +39,8 @@ def test_cnn_quick_run_writes_metrics_figures_and_params(tmp_path, backend):
         assert (out / f"{name}.png").stat().st_size > 1000
     params = load_trained(out)
     assert cnn.count_params(params) == 34_826
+    assert trained_dataset(out) == "mnist-5k"
+    assert (out / "checkpoints").is_dir() == (backend == "jax")
     # the checkpoint reproduces the reported accuracy on the same quick test subset
     from experiments.cnn import _validate
 
@@ -43,6 +51,39 @@ def test_cnn_quick_run_writes_metrics_figures_and_params(tmp_path, backend):
     assert abs(acc - metrics["test_accuracy"]) < 1e-6
 
 
+def test_interrupted_then_resumed_equals_uninterrupted_bit_for_bit(tmp_path, monkeypatch):
+    cfg = replace(Config(), quick=True, plots=False, epochs=2)
+    full = main(replace(cfg, out=str(tmp_path / "full")))
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        interrupt_before_saving(m, epoch=2)
+        with pytest.raises(Interrupted):
+            main(replace(cfg, out=str(cut)))
+    assert not (cut / "params").exists() and training.latest_checkpoint(cut / "checkpoints.partial") == 1
+    resumed = main(replace(cfg, out=str(cut), resume=True))
+    for key in ("train_loss_history", "test_accuracy_history", "test_accuracy", "confusion_matrix"):
+        assert resumed[key] == full[key], key
+    like = training.init_state(cnn.init_params(jax.random.key(0)), optax.adam(cfg.lr))
+    a = training.restore_checkpoint(tmp_path / "full" / "checkpoints", like)[0]
+    b = training.restore_checkpoint(cut / "checkpoints", like)[0]
+    assert int(a.step) == int(b.step) == 2 * (QUICK_TRAIN // cfg.batch_size)
+    assert_bitwise_equal(a, b)  # step, params, Adam moments (the CNN has no model state or EMA)
+    assert_bitwise_equal(load_trained(cut), a.params)
+    with pytest.raises(ValueError, match="other settings"):
+        main(replace(cfg, out=str(cut), resume=True, lr=1e-2))
+
+
+def test_help_lists_resume():
+    text = subprocess.run(
+        [sys.executable, "-m", "experiments.cnn", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ).stdout
+    assert "--resume" in text and "--backend" in text
+
+
 @pytest.mark.parametrize(
     ("change", "match"),
     [
@@ -51,6 +92,7 @@ def test_cnn_quick_run_writes_metrics_figures_and_params(tmp_path, backend):
         ({"dataset": "cifar"}, "unknown dataset"),
         ({"backend": "tf"}, "backend"),
         ({"lr": 0.0}, "lr"),
+        ({"resume": True, "backend": "numpy"}, "--resume needs --backend jax"),
     ],
 )
 def test_bad_config_raises_before_any_output(tmp_path, change, match):

@@ -1,15 +1,21 @@
-"""Steps 7-8 run end to end on tiny settings: metrics, figures, resume, bad input."""
+"""Steps 7-8 run end to end on tiny settings: metrics, figures, resume (bit for bit after an
+interruption), a diverged run that leaves an earlier good run untouched, bad input."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 from dataclasses import replace
+from pathlib import Path
 
+import jax
 import numpy as np
+import optax
 import pytest
 
-from experiments import step07_vae, step08_hvae
+from dlx_jax import training, vae
+from experiments import _generative, step07_vae, step08_hvae
+from experiments._common import cli
 
 FAST = {"quick": True, "epochs": 2, "iwae_k": 4, "compare_torch": "off"}
 
@@ -38,6 +44,98 @@ def test_step07_resume_continues_to_the_same_numbers(tmp_path):
         step07_vae.main(replace(cfg, out=str(tmp_path / "cut"), resume=True, lr=1e-3))
 
 
+class Interrupted(Exception):
+    """Stands in for a crash or Ctrl-C in the middle of a run."""
+
+
+def interrupt_before_saving(monkeypatch, epoch: int) -> None:
+    """Make training.fit stop when it is about to save checkpoint ``epoch`` (earlier ones are saved)."""
+    real = training.save_checkpoint
+
+    def save(directory, e, state, meta):
+        if e == epoch:
+            raise Interrupted(f"interrupted in epoch {e}")
+        real(directory, e, state, meta)
+
+    monkeypatch.setattr(training, "save_checkpoint", save)
+
+
+def restored_state(out: Path, like: training.TrainState) -> training.TrainState:
+    return training.restore_checkpoint(out / "checkpoints", like)[0]
+
+
+def assert_bitwise_equal(a, b) -> None:
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_step07_interrupted_then_resumed_equals_uninterrupted_bit_for_bit(tmp_path, monkeypatch):
+    cfg = replace(step07_vae.Config(), plots=False, **FAST)
+    full = step07_vae.main(replace(cfg, out=str(tmp_path / "full")))
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        interrupt_before_saving(m, epoch=2)
+        with pytest.raises(Interrupted):
+            step07_vae.main(replace(cfg, out=str(cut)))
+    assert not (cut / "metrics.json").exists() and not (cut / "checkpoints").exists()
+    assert training.latest_checkpoint(cut / "checkpoints.partial") == 1
+    resumed = step07_vae.main(replace(cfg, out=str(cut), resume=True))
+    assert not (cut / "checkpoints.partial").exists()
+    for key in ("loss_history", "test_loss", "test_neg_elbo_nats", "test_iwae_nats"):
+        assert resumed[key] == full[key], key
+    params = _generative.init_jit(
+        vae, jax.random.key(0), hidden_dim=cfg.hidden_dim, latent_dim=cfg.latent_dim
+    )
+    like = training.init_state(params, optax.adam(cfg.lr))
+    a, b = restored_state(tmp_path / "full", like), restored_state(cut, like)
+    assert int(a.step) == int(b.step) == 2 * (_generative.QUICK_TRAIN // cfg.batch_size)
+    assert_bitwise_equal(a, b)  # step, params, Adam moments (no model state or EMA in this model)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_diverged_run_leaves_an_earlier_good_run_untouched(tmp_path, capsys):
+    out = tmp_path / "d"
+    args = ["--quick", "--epochs", "2", "--iwae-k", "4", "--compare-torch", "off", "--out", str(out)]
+    assert cli(step07_vae.Config, step07_vae.main, args) == 0
+    before = snapshot(out)
+    assert {"metrics.json", "config.json", "samples.png"} <= set(before)
+    assert any(name.startswith("checkpoints/") for name in before)
+    assert cli(step07_vae.Config, step07_vae.main, [*args, "--lr", "1e6"]) == 2
+    assert "diverged" in capsys.readouterr().err
+    assert snapshot(out) == before  # metrics, config, figures and checkpoints byte for byte
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no partial or staging folder left
+
+
+def test_shared_helpers_for_the_generative_steps():
+    cfg = replace(step07_vae.Config(), quick=True)
+    flat, images = _generative.load_images(cfg), _generative.load_images(cfg, flat=False, quick_train=50)
+    assert flat["x_train"].shape == (_generative.QUICK_TRAIN, 784) and images["x_train"].shape == (
+        50,
+        28,
+        28,
+        1,
+    )
+    assert images["x_test"].shape == (_generative.QUICK_TEST, 28, 28, 1) and set(images["y_train"]) == set(
+        range(10)
+    )
+    np.testing.assert_array_equal(images["x_test"].reshape(-1, 784), flat["x_test"])
+    x = flat["x_test"][:5]
+    mosaic = _generative.grid(x, 2, 3)  # row-major, the sixth cell left black
+    assert mosaic.shape == (56, 84)
+    np.testing.assert_array_equal(mosaic[28:, 28:56], x[4].reshape(28, 28))
+    np.testing.assert_array_equal(mosaic[28:, 56:], 0.0)
+    np.testing.assert_array_equal(_generative.grid(images["x_test"][:5], 2, 3), mosaic)
+    with pytest.raises(ValueError, match="at most 4"):
+        _generative.grid(x, 2, 2)
+    fp = _generative.fingerprint(cfg, model="vae", n_train=10, fields=("latent_dim",), timesteps=7)
+    assert fp == {"model": "vae", "n_train": 10, "dataset": "mnist-5k", "batch_size": 32, "lr": 3e-4,
+                  "seed": 0, "latent_dim": 20, "timesteps": 7}  # fmt: skip
+
+
 def test_step08_quick(tmp_path):
     fast = {k: v for k, v in FAST.items() if k != "compare_torch"}
     m = step08_hvae.main(replace(step08_hvae.Config(), out=str(tmp_path), **fast))
@@ -64,17 +162,17 @@ def test_bad_settings_fail_before_any_output(tmp_path, change, match):
 
 
 def test_bad_images_fail_before_any_output(tmp_path, monkeypatch):
-    real = step07_vae.load_dataset
+    real = _generative.load_dataset
 
     def scaled(name, data_dir=None):  # images in 0..255 floats instead of [0, 1]
         ds = real(name, data_dir=data_dir)
         return ds._replace(x_train=ds.x_train.astype(np.float32) * 255)
 
-    monkeypatch.setattr(step07_vae, "to_float_images", lambda x: x)
-    monkeypatch.setattr(step07_vae, "load_dataset", scaled)
+    monkeypatch.setattr(_generative, "to_float_images", lambda x: x)
+    monkeypatch.setattr(_generative, "load_dataset", scaled)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         step07_vae.main(replace(step07_vae.Config(), out=str(tmp_path / "o"), **FAST))
-    monkeypatch.setattr(step07_vae, "load_dataset", lambda name, data_dir=None: real(name)._replace(
+    monkeypatch.setattr(_generative, "load_dataset", lambda name, data_dir=None: real(name)._replace(
         x_train=np.zeros((10, 32, 32), np.float32)))  # fmt: skip
     with pytest.raises(ValueError, match=r"expected \(n, 784\)"):
         step07_vae.main(replace(step07_vae.Config(), out=str(tmp_path / "o"), **FAST))

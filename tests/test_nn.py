@@ -1,4 +1,5 @@
-"""dlx_jax.nn: layers vs naive numpy loops and lax primitives, gradients vs finite differences."""
+"""dlx_jax.nn: layers vs naive numpy loops and lax primitives, gradients vs finite differences,
+the Dense/MLP containers and their PyTorch-style initialization."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tests.helpers import (
     RTOL_CONV_F32,
     RTOL_F64,
     RTOL_FD,
+    RTOL_INIT_STD,
     RTOL_JIT_F32,
     central_difference,
 )
@@ -172,6 +174,37 @@ def test_dense_grads_match_finite_differences(x64):
     np.testing.assert_allclose(gb, central_difference(lambda v: f(x, w, v), b), rtol=RTOL_FD, atol=ATOL_FD)
 
 
+def test_dense_broadcasts_over_leading_axes():
+    x, w, b = _rand(28, 3, 4, 6), _rand(29, 6, 2), _rand(30, 2)
+    y = nn.dense(jnp.asarray(x), w, b)
+    assert y.shape == (3, 4, 2)
+    for i in range(3):  # == the 2-D layer on each leading slice
+        np.testing.assert_allclose(
+            y[i], nn.dense(jnp.asarray(x[i]), w, b), rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32
+        )
+    np.testing.assert_allclose(y, x.astype(np.float64) @ w + b, rtol=RTOL_CONV_F32, atol=ATOL_CONV_F32)
+
+
+def test_init_dense_is_pytorch_linear_and_mlp_matches_numpy(key):
+    layer = nn.init_dense(key, fan_in=300, fan_out=40)
+    assert isinstance(layer, nn.Dense) and layer.w.shape == (300, 40) and layer.b.shape == (40,)
+    bound = 1 / np.sqrt(300)  # nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases
+    for v in (np.asarray(layer.w), np.asarray(layer.b)):
+        assert np.abs(v).max() <= bound and np.abs(v).max() > 0.9 * bound
+    np.testing.assert_allclose(np.asarray(layer.w).std(), bound / np.sqrt(3), rtol=RTOL_INIT_STD)
+    assert nn.init_dense(key, fan_in=3, fan_out=2, dtype=jnp.bfloat16).w.dtype == jnp.bfloat16
+    p = nn.init_mlp(jax.random.key(1), fan_in=5, hidden=7, fan_out=3)
+    assert isinstance(p, nn.MLP) and p.hidden.w.shape == (5, 7) and p.out.w.shape == (7, 3)
+    x = _rand(31, 2, 4, 5)
+    q = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), p)
+    expected = np.maximum(x @ q.hidden.w + q.hidden.b, 0.0) @ q.out.w + q.out.b
+    out = jax.jit(nn.mlp)(p, jnp.asarray(x))
+    assert out.shape == (2, 4, 3) and out.dtype == jnp.float32
+    np.testing.assert_allclose(out, expected, rtol=RTOL_CONV_F32, atol=ATOL_CONV_F32)
+    with pytest.raises(ValueError, match="fan_in must be an integer >= 1"):
+        nn.init_dense(key, fan_in=0, fan_out=3)
+
+
 def test_softmax_cross_entropy_vs_scipy_and_stable(x64):
     logits = _rand(22, 6, 5, dtype=np.float64) * 3
     labels = np.array([0, 4, 2, 2, 1, 3])
@@ -250,6 +283,8 @@ def test_bad_inputs_raise():
         nn.max_pool2d(jnp.zeros((1, 1, 6, 3)))
     with pytest.raises(ValueError, match=r"\(d, k\)"):
         nn.dense(jnp.zeros((2, 5)), jnp.zeros((4, 3)))
+    with pytest.raises(ValueError, match=r"\(d, k\)"):
+        nn.dense(jnp.zeros((2, 4)), jnp.zeros((4, 3, 1)))
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         nn.dropout(jax.random.key(0), x, rate=1.0)
     with pytest.raises(ValueError, match="PRNG key"):

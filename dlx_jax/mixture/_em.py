@@ -12,14 +12,14 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 from dlx_jax._linalg import cholesky_unrolled
 from dlx_jax.mixture._model import (
     GMMParams,
-    _cast_params,
-    _check_nonneg,
-    _check_params,
-    _check_x,
-    _component_log_densities_kn,
-    _dtype_of,
-    _float_array,
-    _floored,
+    cast_params,
+    check_nonneg,
+    check_params,
+    check_x,
+    component_log_densities_kn,
+    dtype_of,
+    float_array,
+    floored,
 )
 
 
@@ -47,7 +47,7 @@ class EMInfo(NamedTuple):
 
 def _e_step(x: Array, params: GMMParams) -> tuple[Array, Array]:
     """``(log_resp (k, n), log p(x) (n,))`` for ``(n, d)`` data, in ``(k, n)`` layout."""
-    joint = _component_log_densities_kn(x, params) + params.log_weights[:, None]
+    joint = component_log_densities_kn(x, params) + params.log_weights[:, None]
     log_p = _logsumexp_rows(joint)
     return joint - log_p, log_p
 
@@ -80,12 +80,12 @@ def e_step(x: Float[ArrayLike, "n d"], params: GMMParams) -> Float[Array, "n k"]
     Returns:
         ``(n, k)`` log responsibilities (each row ``logsumexp``-s to 0).
     """
-    k, d = _check_params(params)
-    x = _float_array(x, "x")
-    _check_x(x, d, batched=True)
-    dtype = _dtype_of(x, *params)
+    k, d = check_params(params)
+    x = float_array(x, "x")
+    check_x(x, d, batched=True)
+    dtype = dtype_of(x, *params)
     lead = x.shape[:-1]
-    log_resp = _e_step(x.astype(dtype).reshape(-1, d), _cast_params(params, dtype))[0]
+    log_resp = _e_step(x.astype(dtype).reshape(-1, d), cast_params(params, dtype))[0]
     return log_resp.T.reshape(*lead, k)
 
 
@@ -118,14 +118,14 @@ def m_step(
     Returns:
         The new :class:`GMMParams` in the common dtype of ``x`` and ``log_resp``.
     """
-    x = _float_array(x, "x")
-    log_resp = _float_array(log_resp, "log_resp")
+    x = float_array(x, "x")
+    log_resp = float_array(log_resp, "log_resp")
     if x.ndim != 2:
         raise ValueError(f"x must have shape (n, d), got {x.shape}; reshape it to one row per sample")
     if log_resp.ndim != 2 or log_resp.shape[0] != x.shape[0]:
         raise ValueError(f"log_resp must have shape (n, k) with n = {x.shape[0]}, got {log_resp.shape}")
-    _check_nonneg(reg_covar, "reg_covar")
-    dtype = _dtype_of(x, log_resp)
+    check_nonneg(reg_covar, "reg_covar")
+    dtype = dtype_of(x, log_resp)
     return _m_step(x.astype(dtype), log_resp.astype(dtype).T, reg_covar)
 
 
@@ -209,28 +209,30 @@ def fit(
     Returns:
         ``(params, info)``: the parameters after the last update and an :class:`EMInfo`.
     """
-    k, d = _check_params(init_params)
-    x = _float_array(x, "x")
-    _check_x(x, d, batched=False)
+    k, d = check_params(init_params)
+    x = float_array(x, "x")
+    check_x(x, d, batched=False)
     if not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be an int >= 1 (static), got {max_iter!r}")
-    _check_nonneg(tol, "tol")
-    _check_nonneg(reg_covar, "reg_covar")
-    _check_nonneg(floor, "floor")
+    check_nonneg(tol, "tol")
+    check_nonneg(reg_covar, "reg_covar")
+    check_nonneg(floor, "floor")
     if x.shape[0] < k:
         raise ValueError(
             f"k = {k} components need at least k samples, got n = {x.shape[0]}; use fewer components"
         )
-    params = _cast_params(init_params, x.dtype)
-    return _fit(x, params, tol=tol, max_iter=max_iter, reg_covar=reg_covar, floor=floor)
+    params = cast_params(init_params, x.dtype)
+    return fit_unchecked(x, params, tol=tol, max_iter=max_iter, reg_covar=reg_covar, floor=floor)
 
 
-def _fit(x, params, *, tol, max_iter, reg_covar, floor):
+def fit_unchecked(x, params, *, tol, max_iter, reg_covar, floor):
+    """The ``lax.while_loop`` of :func:`fit` on checked, same-dtype arguments (also vmapped by
+    :func:`dlx_jax.mixture.fit_restarts`)."""
     dtype = x.dtype
     features = _moment_features(x)
     log_resp, log_p = _e_step(x, params)
     exact = jnp.mean(log_p)
-    obj = jnp.mean(_floored(log_p, floor))
+    obj = jnp.mean(floored(log_p, floor))
     nan_trace = jnp.full((max_iter + 1,), jnp.nan, dtype)
     trace = nan_trace.at[0].set(obj)
     exact_trace = nan_trace.at[0].set(exact)
@@ -244,7 +246,7 @@ def _fit(x, params, *, tol, max_iter, reg_covar, floor):
         t, params, log_resp, prev, trace, exact_trace, _ = state
         params = _m_step(x, log_resp, reg_covar, features)
         log_resp, log_p = _e_step(x, params)
-        obj = jnp.mean(_floored(log_p, floor))
+        obj = jnp.mean(floored(log_p, floor))
         t = t + 1
         at_t = jnp.arange(max_iter + 1) == t  # a select, not a scatter: cheap under vmap
         trace = jnp.where(at_t, obj, trace)

@@ -1,4 +1,9 @@
-"""GMM parameters, validation, densities and ancestral sampling (see :mod:`dlx_jax.mixture`)."""
+"""GMM parameters, validation, densities and ancestral sampling (see :mod:`dlx_jax.mixture`).
+
+The helpers without a leading underscore that :mod:`dlx_jax.mixture` does not re-export
+(``check_params``, ``check_x``, ``float_array``, ``floored``, ...) are shared with the package's
+other private modules (``_em``, ``_restarts``); underscored names stay inside their module.
+"""
 
 from __future__ import annotations
 
@@ -46,14 +51,14 @@ def _is_concrete(*arrays) -> bool:
     return not any(isinstance(a, jax.core.Tracer) for a in arrays)
 
 
-def _float_array(x: ArrayLike, name: str) -> Array:
+def float_array(x: ArrayLike, name: str) -> Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
     return x
 
 
-def _check_params(params: GMMParams) -> tuple[int, int]:
+def check_params(params: GMMParams) -> tuple[int, int]:
     """Check ranks and shapes of ``params``; return ``(k, d)``."""
     if not isinstance(params, GMMParams):
         raise ValueError(
@@ -71,7 +76,7 @@ def _check_params(params: GMMParams) -> tuple[int, int]:
     return k, d
 
 
-def _check_x(x: Array, d: int, *, batched: bool, name: str = "x") -> None:
+def check_x(x: Array, d: int, *, batched: bool, name: str = "x") -> None:
     """Check that ``x`` is ``(n, d)`` (or ``(..., d)`` when ``batched``) and NaN-free if concrete."""
     if batched:
         if x.ndim < 1 or x.shape[-1] != d:
@@ -86,16 +91,16 @@ def _check_x(x: Array, d: int, *, batched: bool, name: str = "x") -> None:
         raise ValueError(f"{name} contains NaN or infinite values; remove or impute them before fitting")
 
 
-def _check_nonneg(value, name: str) -> None:
+def check_nonneg(value, name: str) -> None:
     if _is_concrete(value) and not float(value) >= 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
 
 
-def _dtype_of(*arrays) -> jnp.dtype:
+def dtype_of(*arrays) -> jnp.dtype:
     return jnp.result_type(*[jnp.asarray(a).dtype for a in arrays])
 
 
-def _cast_params(params: GMMParams, dtype) -> GMMParams:
+def cast_params(params: GMMParams, dtype) -> GMMParams:
     return GMMParams(*(jnp.asarray(a, dtype) for a in params))
 
 
@@ -124,10 +129,10 @@ def gmm_params_from_covariances(
         ValueError: wrong shapes; and, for concrete inputs, weights that are negative or do not
             sum to one, or a covariance that is not symmetric positive definite.
     """
-    dtype = _dtype_of(
-        _float_array(weights, "weights"),
-        _float_array(means, "means"),
-        _float_array(covariances, "covariances"),
+    dtype = dtype_of(
+        float_array(weights, "weights"),
+        float_array(means, "means"),
+        float_array(covariances, "covariances"),
     )
     weights, means, covariances = (jnp.asarray(a, dtype) for a in (weights, means, covariances))
     if means.ndim != 2:
@@ -179,16 +184,16 @@ def component_log_densities(x: Float[ArrayLike, "*n d"], params: GMMParams) -> F
     Returns:
         ``(..., k)`` log-densities in the common dtype of ``x`` and ``params``.
     """
-    k, d = _check_params(params)
-    x = _float_array(x, "x")
-    _check_x(x, d, batched=True)
-    dtype = _dtype_of(x, *params)
+    k, d = check_params(params)
+    x = float_array(x, "x")
+    check_x(x, d, batched=True)
+    dtype = dtype_of(x, *params)
     lead = x.shape[:-1]
-    out = _component_log_densities_kn(x.astype(dtype).reshape(-1, d), _cast_params(params, dtype))
+    out = component_log_densities_kn(x.astype(dtype).reshape(-1, d), cast_params(params, dtype))
     return out.T.reshape(*lead, k)
 
 
-def _component_log_densities_kn(x: Float[Array, "n d"], params: GMMParams) -> Float[Array, "k n"]:
+def component_log_densities_kn(x: Float[Array, "n d"], params: GMMParams) -> Float[Array, "k n"]:
     """Component log-densities in ``(k, n)`` layout (samples on the fast axis: vectorises well,
     also under ``vmap`` over restarts)."""
     k, d = params.means.shape
@@ -243,11 +248,11 @@ def mean_log_likelihood(
     Returns:
         A scalar in the common dtype of ``x`` and ``params``.
     """
-    _check_nonneg(floor, "floor")
-    return jnp.mean(_floored(gmm_logpdf(x, params), floor))
+    check_nonneg(floor, "floor")
+    return jnp.mean(floored(gmm_logpdf(x, params), floor))
 
 
-def _floored(log_p: Array, floor: float) -> Array:
+def floored(log_p: Array, floor: float) -> Array:
     if floor == 0:
         return log_p
     return jnp.logaddexp(log_p, jnp.asarray(math.log(floor), log_p.dtype))
@@ -267,7 +272,7 @@ def sample_gmm(
         ``(samples, labels)``: ``(n, d)`` samples in the dtype of ``params.means`` and the
         ``(n,)`` component index each sample was drawn from.
     """
-    k, d = _check_params(params)
+    k, d = check_params(params)
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative int (static), got {n!r}")
     key_z, key_eps = jax.random.split(key)

@@ -10,13 +10,13 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from dlx_jax.mixture._em import EMInfo, _fit
+from dlx_jax.mixture._em import EMInfo, fit_unchecked
 from dlx_jax.mixture._model import (
     GMMParams,
-    _check_nonneg,
-    _check_params,
-    _check_x,
-    _float_array,
+    check_nonneg,
+    check_params,
+    check_x,
+    float_array,
 )
 
 INIT_METHODS = ("random_from_data", "kmeans++")
@@ -76,16 +76,16 @@ def init_params(
     Returns:
         :class:`GMMParams` in the dtype of ``x``.
     """
-    x = _float_array(x, "x")
+    x = float_array(x, "x")
     if x.ndim != 2:
         raise ValueError(f"x must have shape (n, d), got {x.shape}; reshape it to one row per sample")
-    _check_x(x, x.shape[1], batched=False)
+    check_x(x, x.shape[1], batched=False)
     n, d = x.shape
     if not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"k must be an int with 1 <= k <= n = {n}, got {k!r}; use fewer components")
     if method not in INIT_METHODS:
         raise ValueError(f"method must be one of {INIT_METHODS}, got {method!r}")
-    _check_nonneg(reg_covar, "reg_covar")
+    check_nonneg(reg_covar, "reg_covar")
     if method == "random_from_data":
         idx = jax.random.choice(key, n, (k,), replace=False)
         means = x[idx]
@@ -148,23 +148,23 @@ def fit_restarts(
     Returns:
         ``(best_params, restarts)``: the winning parameters and a :class:`Restarts` record.
     """
-    x = _float_array(x, "x")
+    x = float_array(x, "x")
     if x.ndim != 2:
         raise ValueError(f"x must have shape (n, d), got {x.shape}; reshape it to one row per sample")
     if not isinstance(n_init, int) or n_init < 1:
         raise ValueError(f"n_init must be an int >= 1 (static), got {n_init!r}")
     # validate once, eagerly where possible (k, shapes, NaN, tol, ...)
     probe = init_params(key, x, k=k, method=method, reg_covar=reg_covar)
-    _check_params(probe)
+    check_params(probe)
     if not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be an int >= 1 (static), got {max_iter!r}")
-    _check_nonneg(tol, "tol")
-    _check_nonneg(floor, "floor")
+    check_nonneg(tol, "tol")
+    check_nonneg(floor, "floor")
 
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_init))
     inits = jax.vmap(lambda kk: init_params(kk, x, k=k, method=method, reg_covar=reg_covar))(keys)
     params, info = jax.vmap(
-        lambda p: _fit(x, p, tol=tol, max_iter=max_iter, reg_covar=reg_covar, floor=floor)
+        lambda p: fit_unchecked(x, p, tol=tol, max_iter=max_iter, reg_covar=reg_covar, floor=floor)
     )(inits)
     final = info.exact_log_likelihood_trace[jnp.arange(n_init), info.n_iter]
     final = jnp.where(jnp.isnan(final), -jnp.inf, final)

@@ -2,16 +2,19 @@
 
 Rows, all measured in this process on the same random batch (28x28x1 images in [0, 1], labels 0-9):
 
-* ``cnn_jax``: ``dlx_jax.cnn`` with the library defaults (``conv_impl="im2col"``: static slices +
+* ``cnn_jax``: the training step ``experiments.cnn`` runs — ``dlx_jax.training.make_train_step``
+  on ``dlx_jax.cnn.train_loss`` with the library defaults (``conv_impl="im2col"``: static slices +
   concatenate + one matmul; pooling by reshape + running first-maximum), ``optax.adam(1e-3)``,
-  jitted with params and optimizer state donated.
+  jitted on its own with the train state donated.
 * ``cnn_jax_auto``: im2col for conv1 (patch length 9), XLA's convolution for conv2 — the fastest
   single step, but ~15x slower inside a ``lax.scan`` epoch on XLA:CPU, hence not the default;
   ``cnn_jax_lax``: XLA's convolution in both layers (reshape pooling); ``cnn_jax_stock``: XLA's
   convolution and ``lax.reduce_window`` pooling — the plain formulation.
-* ``cnn_jax_scan`` / ``cnn_jax_auto_scan`` (not with ``--quick``): seconds per step of a compiled
-  ``dlx_jax.cnn.train_epoch`` (``lax.scan`` over 8 resp. 4 batches) with im2col resp. ``"auto"``
-  convolutions — the proof that ``"auto"`` is slow inside a loop (``ratio_cnn_auto_scan_over_scan``).
+* ``cnn_jax_scan`` / ``cnn_jax_auto_scan`` (not with ``--quick``): seconds per step of the epoch
+  ``experiments.cnn`` trains with, ``jax.jit(training.make_epoch_fn(step, batch_size=128),
+  donate_argnums=1)`` (one ``lax.scan``; shuffled batches gathered inside it, as in
+  ``training.fit``) over 8 resp. 4 batches, with im2col resp. ``"auto"`` convolutions — the proof
+  that ``"auto"`` is slow inside a loop (``ratio_cnn_auto_scan_over_scan``).
 * ``cnn_numpy``: ``reference_numpy`` (im2col/col2im, written for clarity) ``loss_and_grads`` + ``Adam``.
 * ``cnn_torch``: an equivalent PyTorch CPU model (``torch.nn.Conv2d`` NCHW, ``torch.optim.Adam``) with
   ``torch.set_num_threads(os.cpu_count())``, and ``cnn_torch_1thread`` with one thread (OpenMP
@@ -28,6 +31,7 @@ peers, so the libraries' thread pools do not interfere. Ratios: ``ratio_cnn_jax_
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dlx_jax import cnn
+from dlx_jax import cnn, training
 from experiments.benchmarks._timing import Timing, ratio, time_call
 
 NAME = "cnn"
@@ -50,39 +54,38 @@ JAX_VARIANTS = {  # row name -> (conv_impl, pool_impl)
 }
 
 
-def _jax_step(conv_impl: str, pool_impl: str, x, y, seed: int) -> Callable[[], Any]:
+def _train_step(conv_impl: str, pool_impl: str = "reshape") -> tuple[Callable, optax.GradientTransformation]:
+    """The training step of ``experiments.cnn`` (other convolution/pooling formulations on request)."""
     optimizer = optax.adam(1e-3)
-    step = cnn.make_train_step(optimizer, conv_impl=conv_impl, pool_impl=pool_impl)
-    params = cnn.init_params(jax.random.key(seed))
-    state = [params, optimizer.init(params)]
+    loss = functools.partial(cnn.train_loss, conv_impl=conv_impl, pool_impl=pool_impl)
+    return training.make_train_step(loss, optimizer), optimizer
+
+
+def _jax_step(conv_impl: str, pool_impl: str, x, y, seed: int) -> Callable[[], Any]:
+    step, optimizer = _train_step(conv_impl, pool_impl)
+    step_jit = jax.jit(step, donate_argnums=1)
+    state = [training.init_state(cnn.init_params(jax.random.key(seed)), optimizer)]
     key = jax.random.key(seed + 1)
-    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    batch = (jnp.asarray(x), jnp.asarray(y))
 
     def run():
-        state[0], state[1], value = step(state[0], state[1], xj, yj, key)  # donated: feed back
-        return value
+        state[0], metrics = step_jit(key, state[0], batch)  # donated: feed back
+        return metrics["loss"]
 
     return run
 
 
 def _jax_epoch(conv_impl: str, x, y, steps: int, seed: int) -> Callable[[], Any]:
-    """A compiled ``lax.scan`` epoch of ``steps`` batches (``dlx_jax.cnn.train_epoch``)."""
-    optimizer = optax.adam(1e-3)
-    params = cnn.init_params(jax.random.key(seed))
-    state = [params, optimizer.init(params)]
-    xs = jnp.asarray(np.concatenate([x] * steps))
-    ys = jnp.asarray(np.concatenate([y] * steps))
-    batches = jnp.arange(steps * len(y), dtype=jnp.int32).reshape(steps, len(y))
+    """The compiled ``lax.scan`` epoch of ``experiments.cnn`` over ``steps`` batches of ``len(y)``."""
+    step, optimizer = _train_step(conv_impl)
+    epoch_jit = jax.jit(training.make_epoch_fn(step, batch_size=len(y)), donate_argnums=1)
+    state = [training.init_state(cnn.init_params(jax.random.key(seed)), optimizer)]
+    data = (jnp.asarray(np.concatenate([x] * steps)), jnp.asarray(np.concatenate([y] * steps)))
     key = jax.random.key(seed + 1)
 
-    def epoch(p, s):
-        return cnn.train_epoch(p, s, xs, ys, batches, key, optimizer=optimizer, conv_impl=conv_impl)
-
-    epoch_jit = jax.jit(epoch, donate_argnums=(0, 1))
-
     def run():
-        state[0], state[1], losses = epoch_jit(state[0], state[1])
-        return losses
+        state[0], metrics = epoch_jit(key, state[0], data)
+        return metrics["loss"]
 
     return run
 
