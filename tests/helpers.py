@@ -145,3 +145,27 @@ ATOL_DDIM_VS_DDPM_F64 = 1e-12
 # std 0.4719 (5.6 % low) and mean 0.2991. Tolerances relative to the data std s = 0.5:
 RTOL_DDPM1000_GAUSSIAN = 0.01
 RTOL_DDIM50_GAUSSIAN = 0.07
+
+# --- unet ----------------------------------------------------------------------------------------
+# the time vector in float32 vs float64 loops: the argument t * 10000^(-i/D) reaches 1000 rad, and
+# its float32 rounding (6e-8 relative -> 6e-5 absolute) moves sin/cos by as much; 3x margin.
+ATOL_TIME_EMB_F32 = 2e-4
+# UNet outputs (float32, O(1) after BatchNorm) of two formulations of the same model (conv
+# formulations, or JAX vs the PyTorch peer): conv sums of up to 9 * 384 products in other orders,
+# and train-mode BatchNorm divides by per-channel batch std ~0.1-1, amplifying absolute rounding
+# error; observed <= 6e-6.
+RTOL_UNET_F32 = 1e-4
+ATOL_UNET_F32 = 5e-5
+# float32 parameter/input gradients of the UNet loss (entries up to ~0.3) between formulations:
+# observed <= 2e-7 absolute. Conv biases feed straight into BatchNorm, so their exact gradient is 0
+# (the fast formulations return exactly 0, the reference returns rounding noise ~4e-8): only the
+# absolute tolerance can compare them.
+RTOL_UNET_GRAD_F32 = 1e-4
+ATOL_UNET_GRAD_F32 = 2e-6
+# the same gradients in float64: observed 3e-14 relative; the conv-bias noise is ~5e-17.
+RTOL_UNET_GRAD_F64 = 1e-10
+ATOL_UNET_GRAD_F64 = 1e-13
+# BatchNorm running statistics: float32 one-pass mean / mean-of-squares over 2,000 values vs a
+# float64 numpy two-pass computation (data of mean ~0.3, std ~1: cancellation costs < 1 digit).
+RTOL_BN_STATS_F32 = 1e-5
+ATOL_BN_STATS_F32 = 1e-6

@@ -26,7 +26,7 @@ from experiments._common import StepOutput, plt
 __all__ = ["SECTIONS", "Config", "environment", "main"]
 
 # Submodules of experiments.benchmarks, run in this order; later issues append theirs.
-SECTIONS: tuple[str, ...] = ("probability", "cnn", "vae")
+SECTIONS: tuple[str, ...] = ("probability", "cnn", "vae", "diffusion")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class Config:
         "ratio_restarts_sklearn_over_jax",
         "ratio_cnn_jax_over_torch",
         "ratio_vae_epoch_torch_over_jax",
+        "ratio_diffusion_train_jax_over_torch",
+        "ratio_diffusion_sample_step_jax_over_torch",
     )
     HELP = {
         "only": f"comma-separated subset of sections to run; available: {','.join(SECTIONS)}",
