@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from dlx_jax.diffusion._guidance import _check_drop, _check_labels, label_drop_mask
-from dlx_jax.diffusion._schedule import Schedule, _check_schedule, _check_timesteps, _coef, _float_x
+from dlx_jax.diffusion._guidance import check_drop, check_labels, label_drop_mask
+from dlx_jax.diffusion._schedule import Schedule, check_schedule, check_timesteps, coef, float_x
 
 #: ``apply_fn(params, model_state, x, t, labels, label_mask, *, train) -> (eps_hat, new_state)``:
 #: the network, e.g. the UNet of :mod:`dlx_jax.unet`. ``x (n, h, w, c)`` float, ``t (n,)`` int32
@@ -48,14 +48,14 @@ def q_sample_from_noise(
     Raises:
         ValueError: bad shapes or dtypes, or (concrete) ``t`` outside ``0..T``.
     """
-    num_steps = _check_schedule(schedule)
-    x0 = _float_x(x0, "x0")
+    num_steps = check_schedule(schedule)
+    x0 = float_x(x0, "x0")
     eps = jnp.asarray(eps)
     if eps.shape != x0.shape:
         raise ValueError(f"eps must have the shape of x0, {x0.shape}, got {eps.shape}")
-    t = _check_timesteps(t, num_steps, x0.shape[0], low=0)
-    sqrt_ab = jnp.sqrt(_coef(schedule.alpha_bars, t, x0))
-    sqrt_omab = jnp.sqrt(_coef(schedule.one_minus_alpha_bars, t, x0))
+    t = check_timesteps(t, num_steps, x0.shape[0], low=0)
+    sqrt_ab = jnp.sqrt(coef(schedule.alpha_bars, t, x0))
+    sqrt_omab = jnp.sqrt(coef(schedule.one_minus_alpha_bars, t, x0))
     return sqrt_ab * x0 + sqrt_omab * eps.astype(x0.dtype)
 
 
@@ -80,8 +80,8 @@ def q_sample(
     Raises:
         ValueError: as :func:`q_sample_from_noise`.
     """
-    x0 = _float_x(x0, "x0")
-    eps = _standard_normal(key, x0.shape, x0.dtype)
+    x0 = float_x(x0, "x0")
+    eps = standard_normal(key, x0.shape, x0.dtype)
     return q_sample_from_noise(schedule, x0, t, eps), eps
 
 
@@ -96,7 +96,7 @@ def sample_timesteps(key: PRNGKeyArray, schedule: Schedule, *, n: int) -> Int[Ar
     Returns:
         ``(n,)`` int32 timesteps.
     """
-    num_steps = _check_schedule(schedule)
+    num_steps = check_schedule(schedule)
     return jax.random.randint(key, (int(n),), 1, num_steps + 1, dtype=jnp.int32)
 
 
@@ -149,8 +149,8 @@ def make_loss(
             without labels when ``conditional``, non-floating or misshapen images, or a model
             output not shaped like its input.
     """
-    _check_schedule(schedule)
-    _check_drop(label_drop, drop_mode)
+    check_schedule(schedule)
+    check_drop(label_drop, drop_mode)
     if not conditional and label_drop > 0:
         raise ValueError(
             f"label_drop={label_drop} needs conditional=True (labels to drop); pass conditional=True "
@@ -161,13 +161,13 @@ def make_loss(
         key: PRNGKeyArray, params: Any, model_state: Any, batch: Any
     ) -> tuple[Float[Array, ""], tuple[Any, dict[str, Array]]]:
         x0, labels = _split_batch(batch, conditional)
-        x0 = _float_x(x0, "x0")
+        x0 = float_x(x0, "x0")
         n = x0.shape[0]
         key_t, key_eps, key_drop = jax.random.split(key, 3)
         t = sample_timesteps(key_t, schedule, n=n)
         x_t, eps = q_sample(key_eps, schedule, x0, t)
         if conditional:
-            labels = _check_labels(labels, n, num_classes)
+            labels = check_labels(labels, n, num_classes)
             mask = label_drop_mask(key_drop, n=n, p=label_drop, mode=drop_mode, dtype=x0.dtype)
         else:
             labels = mask = None
@@ -202,7 +202,7 @@ def _split_batch(batch: Any, conditional: bool) -> tuple[Any, Any]:
     return batch, None
 
 
-def _standard_normal(key: PRNGKeyArray, shape: tuple[int, ...], dtype: jnp.dtype) -> Array:
+def standard_normal(key: PRNGKeyArray, shape: tuple[int, ...], dtype: jnp.dtype) -> Array:
     """``jax.random.normal`` drawn flat and reshaped: the same distribution, but XLA:CPU compiles
     a flat draw much faster than a multi-axis one (see :mod:`dlx_jax.distributions`)."""
     return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from dlx_jax.diffusion._schedule import _is_concrete
+from dlx_jax.diffusion._schedule import is_concrete
 
 #: ``eps_fn(x, t, labels, label_mask) -> eps``: the model in eval mode, closing over its
 #: parameters and state. ``x (n, ...)``, ``t (n,)`` int32 1-based, ``labels (n,)`` int32 or
@@ -50,7 +50,7 @@ def label_drop_mask(
     Raises:
         ValueError: unknown ``mode``, ``n < 1``, or ``p`` outside ``[0, 1]`` when concrete.
     """
-    _check_drop(p, mode)
+    check_drop(p, mode)
     if not isinstance(n, int | np.integer) or n < 1:
         raise ValueError(f"n must be a positive int (the batch size), got {n!r}")
     draw_shape = () if mode == "batch" else (int(n),)
@@ -99,8 +99,8 @@ def guided_eps(
     if x.ndim < 1:
         raise ValueError("x must have a leading batch axis, shape (n, ...), got a scalar")
     n = x.shape[0]
-    labels = _check_labels(labels, n, num_classes)
-    _check_gamma(gamma)
+    labels = check_labels(labels, n, num_classes)
+    check_gamma(gamma)
     t = jnp.asarray(t)
     if not jnp.issubdtype(t.dtype, jnp.integer) or t.ndim > 1 or (t.ndim == 1 and t.shape[0] != n):
         raise ValueError(f"t must be an integer scalar or have shape (n,) = ({n},), got {t.dtype}{t.shape}")
@@ -121,23 +121,23 @@ def guided_eps(
 # --- private helpers ---------------------------------------------------------------------------------
 
 
-def _check_drop(p: float | Array, mode: str) -> None:
+def check_drop(p: float | Array, mode: str) -> None:
     if mode not in DROP_MODES:
         raise ValueError(f"drop mode must be one of {DROP_MODES}, got {mode!r}")
-    if _is_concrete(p) and not 0.0 <= float(p) <= 1.0:
+    if is_concrete(p) and not 0.0 <= float(p) <= 1.0:
         raise ValueError(f"the label drop probability must lie in [0, 1] (the book uses 0.1), got {p!r}")
 
 
-def _check_gamma(gamma: float | Array) -> None:
+def check_gamma(gamma: float | Array) -> None:
     if jnp.ndim(gamma) != 0:
         raise ValueError(f"gamma must be a scalar guidance scale, got shape {jnp.shape(gamma)}")
-    if _is_concrete(gamma) and not float(gamma) >= 0:
+    if is_concrete(gamma) and not float(gamma) >= 0:
         raise ValueError(
             f"gamma must be >= 0 (0 = unconditional, 1 = conditional, the book uses 3), got {gamma!r}"
         )
 
 
-def _check_labels(labels: ArrayLike, n: int, num_classes: int | None) -> Int[Array, " n"]:
+def check_labels(labels: ArrayLike, n: int, num_classes: int | None) -> Int[Array, " n"]:
     """Check ``labels`` is ``(n,)`` integer and, when concrete, in range; return it as int32."""
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
@@ -149,7 +149,7 @@ def _check_labels(labels: ArrayLike, n: int, num_classes: int | None) -> Int[Arr
         )
     if num_classes is not None and (not isinstance(num_classes, int | np.integer) or num_classes < 1):
         raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
-    if _is_concrete(labels) and n:
+    if is_concrete(labels) and n:
         lv = np.asarray(labels)
         hi = None if num_classes is None else int(num_classes) - 1
         if lv.min() < 0 or (hi is not None and lv.max() > hi):

@@ -12,10 +12,10 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from dlx_jax.diffusion._forward import ApplyFn, _standard_normal
-from dlx_jax.diffusion._guidance import EpsFn, _check_gamma, _check_labels, guided_eps
-from dlx_jax.diffusion._schedule import Schedule, _check_schedule, _float_x
-from dlx_jax.diffusion._steps import _check_clip, _check_eta, ddim_step, ddim_timesteps, ddpm_step
+from dlx_jax.diffusion._forward import ApplyFn, standard_normal
+from dlx_jax.diffusion._guidance import EpsFn, check_gamma, check_labels, guided_eps
+from dlx_jax.diffusion._schedule import Schedule, check_schedule, float_x
+from dlx_jax.diffusion._steps import check_clip, check_eta, ddim_step, ddim_timesteps, ddpm_step
 
 
 def make_eps_fn(apply_fn: ApplyFn, params: Any, model_state: Any) -> EpsFn:
@@ -92,7 +92,7 @@ def ddpm_sample(
             ``x_init``, ``trajectory_every`` or ``clip_x0``; an ``eps_fn`` output not shaped like
             its input.
     """
-    num_steps = _check_schedule(schedule)
+    num_steps = check_schedule(schedule)
     x, eps_at = _setup(key, eps_fn, shape, labels, gamma, num_classes, x_init, dtype, schedule, clip_x0)
     key_steps = jax.random.split(key)[1]
     ts = np.arange(num_steps, 0, -1)
@@ -151,10 +151,10 @@ def ddim_sample(
     Raises:
         ValueError: as :func:`ddpm_sample`, plus ``num_steps`` outside ``1..T`` and ``η < 0``.
     """
-    total = _check_schedule(schedule)
+    total = check_schedule(schedule)
     taus = ddim_timesteps(total, num_steps)[::-1]
     prev = np.append(taus[1:], 0)
-    _check_eta(eta)
+    check_eta(eta)
     x, eps_at = _setup(key, eps_fn, shape, labels, gamma, num_classes, x_init, dtype, schedule, clip_x0)
     key_steps = jax.random.split(key)[1]
 
@@ -197,9 +197,9 @@ def _setup(
     shape = _check_shape(shape)
     n = shape[0]
     if clip_x0 is not None:
-        _check_clip(clip_x0)
+        check_clip(clip_x0)
     if x_init is not None:
-        x_init = _float_x(x_init, "x_init")
+        x_init = float_x(x_init, "x_init")
         if x_init.shape != shape:
             raise ValueError(f"x_init must have shape {shape} (the shape argument), got {x_init.shape}")
     if dtype is None:
@@ -207,7 +207,7 @@ def _setup(
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"dtype must be floating, got {dtype}")
     key_init = jax.random.split(key)[0]
-    x = x_init.astype(dtype) if x_init is not None else _standard_normal(key_init, shape, dtype)
+    x = x_init.astype(dtype) if x_init is not None else standard_normal(key_init, shape, dtype)
 
     if labels is None:
         if gamma is not None:
@@ -217,7 +217,7 @@ def _setup(
             return eps_fn(x, jnp.full((n,), t, jnp.int32), None, None)
 
     else:
-        labels = _check_labels(labels, n, num_classes)
+        labels = check_labels(labels, n, num_classes)
         if gamma is None:
             ones = jnp.ones((n,), dtype)
 
@@ -225,7 +225,7 @@ def _setup(
                 return eps_fn(x, jnp.full((n,), t, jnp.int32), labels, ones)
 
         else:
-            _check_gamma(gamma)
+            check_gamma(gamma)
 
             def predict(x: Array, t: Array) -> Array:
                 return guided_eps(eps_fn, x, t, labels, gamma)

@@ -150,12 +150,12 @@ def schedule_from_betas(betas: Float[ArrayLike, " T"], *, dtype: jnp.dtype | Non
 # --- private helpers shared by the package ----------------------------------------------------------
 
 
-def _is_concrete(*values: object) -> bool:
+def is_concrete(*values: object) -> bool:
     """True when no argument is a JAX tracer, i.e. its numbers can be inspected now."""
     return not any(isinstance(v, jax.core.Tracer) for v in values)
 
 
-def _check_schedule(schedule: Schedule) -> int:
+def check_schedule(schedule: Schedule) -> int:
     """Check that ``schedule`` is a :class:`Schedule` of equal-length 1-D arrays; return ``T``."""
     if not isinstance(schedule, Schedule):
         raise ValueError(
@@ -173,7 +173,7 @@ def _check_schedule(schedule: Schedule) -> int:
     return num_steps
 
 
-def _float_x(x: ArrayLike, name: str = "x") -> Array:
+def float_x(x: ArrayLike, name: str = "x") -> Array:
     """``x`` as a floating array with a leading batch axis; integer images are an error."""
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -188,7 +188,7 @@ def _float_x(x: ArrayLike, name: str = "x") -> Array:
     return x
 
 
-def _check_timesteps(
+def check_timesteps(
     t: Int[ArrayLike, "*n"],
     num_steps: int,
     n: int,
@@ -210,7 +210,7 @@ def _check_timesteps(
         raise ValueError(
             f"{name} must be a scalar or have shape (n,) = ({n},) (one timestep per example), got {t.shape}"
         )
-    if _is_concrete(t) and t.size:
+    if is_concrete(t) and t.size:
         tv = np.asarray(t)
         if tv.min() < low or tv.max() > high:
             raise ValueError(
@@ -220,7 +220,7 @@ def _check_timesteps(
     return t.astype(jnp.int32)
 
 
-def _coef(values: Float[Array, " T+1"], t: Int[Array, "*n"], x: Array) -> Array:
+def coef(values: Float[Array, " T+1"], t: Int[Array, "*n"], x: Array) -> Array:
     """``values[t]`` in ``x``'s dtype, shaped to broadcast over the non-batch axes of ``x``.
 
     Out-of-range ``t`` (possible only under ``jit``, where it cannot be checked) gives NaN rather

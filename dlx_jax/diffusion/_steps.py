@@ -9,14 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from dlx_jax.diffusion._forward import _standard_normal
+from dlx_jax.diffusion._forward import standard_normal
 from dlx_jax.diffusion._schedule import (
     Schedule,
-    _check_schedule,
-    _check_timesteps,
-    _coef,
-    _float_x,
-    _is_concrete,
+    check_schedule,
+    check_timesteps,
+    coef,
+    float_x,
+    is_concrete,
 )
 
 
@@ -37,11 +37,11 @@ def predict_x0(
     Returns:
         ``x̂0`` shaped like ``x``, in its dtype.
     """
-    num_steps = _check_schedule(schedule)
+    num_steps = check_schedule(schedule)
     x, eps_hat = _check_x_eps(x, eps_hat)
-    t = _check_timesteps(t, num_steps, x.shape[0])
-    sqrt_ab = jnp.sqrt(_coef(schedule.alpha_bars, t, x))
-    sqrt_omab = jnp.sqrt(_coef(schedule.one_minus_alpha_bars, t, x))
+    t = check_timesteps(t, num_steps, x.shape[0])
+    sqrt_ab = jnp.sqrt(coef(schedule.alpha_bars, t, x))
+    sqrt_omab = jnp.sqrt(coef(schedule.one_minus_alpha_bars, t, x))
     return (x - sqrt_omab * eps_hat) / sqrt_ab
 
 
@@ -85,24 +85,24 @@ def ddpm_step(
         ValueError: bad shapes or dtypes, (concrete) ``t`` outside ``1..T``, a bad ``clip_x0``, or
             ``key=None`` where noise is needed.
     """
-    num_steps = _check_schedule(schedule)
+    num_steps = check_schedule(schedule)
     x, eps_hat = _check_x_eps(x, eps_hat)
-    t = _check_timesteps(t, num_steps, x.shape[0])
-    beta = _coef(schedule.betas, t, x)
-    alpha = _coef(schedule.alphas, t, x)
-    omab = _coef(schedule.one_minus_alpha_bars, t, x)
-    omab_prev = _coef(schedule.one_minus_alpha_bars, t - 1, x)
+    t = check_timesteps(t, num_steps, x.shape[0])
+    beta = coef(schedule.betas, t, x)
+    alpha = coef(schedule.alphas, t, x)
+    omab = coef(schedule.one_minus_alpha_bars, t, x)
+    omab_prev = coef(schedule.one_minus_alpha_bars, t - 1, x)
     if clip_x0 is not None:
-        ab = _coef(schedule.alpha_bars, t, x)
+        ab = coef(schedule.alpha_bars, t, x)
         x0_hat = (x - jnp.sqrt(omab) * eps_hat) / jnp.sqrt(ab)
         eps_hat = _clip_x0_eps(x, x0_hat, ab, omab, clip_x0)[1]
     mean = (x - beta / jnp.sqrt(omab) * eps_hat) / jnp.sqrt(alpha)
-    if _is_concrete(t) and np.all(np.asarray(t) == 1):
+    if is_concrete(t) and np.all(np.asarray(t) == 1):
         return mean
     if key is None:
         raise ValueError("ddpm_step needs a PRNG key for the noise at t > 1; pass key=jax.random.key(...)")
     sigma = jnp.where(_bcast(t, x) > 1, jnp.sqrt(beta * omab_prev / omab), 0).astype(x.dtype)
-    return mean + sigma * _standard_normal(key, x.shape, x.dtype)
+    return mean + sigma * standard_normal(key, x.shape, x.dtype)
 
 
 def ddim_timesteps(num_train_steps: int, num_steps: int) -> np.ndarray:
@@ -180,22 +180,22 @@ def ddim_step(
         ValueError: bad shapes or dtypes, (concrete) ``t`` outside ``1..T`` or ``t_prev`` outside
             ``0..t-1``, ``η < 0``, a bad ``clip_x0``, or ``key=None`` with ``η != 0``.
     """
-    num_steps = _check_schedule(schedule)
+    num_steps = check_schedule(schedule)
     x, eps_hat = _check_x_eps(x, eps_hat)
     n = x.shape[0]
-    t = _check_timesteps(t, num_steps, n)
-    t_prev = _check_timesteps(t_prev, num_steps, n, low=0, high=num_steps - 1, name="t_prev")
-    if _is_concrete(t, t_prev) and np.any(np.asarray(t_prev) >= np.asarray(t)):
+    t = check_timesteps(t, num_steps, n)
+    t_prev = check_timesteps(t_prev, num_steps, n, low=0, high=num_steps - 1, name="t_prev")
+    if is_concrete(t, t_prev) and np.any(np.asarray(t_prev) >= np.asarray(t)):
         raise ValueError("t_prev must be smaller than t (DDIM steps go from t down to t_prev)")
-    _check_eta(eta)
-    ab_t = _coef(schedule.alpha_bars, t, x)
-    omab_t = _coef(schedule.one_minus_alpha_bars, t, x)
-    ab_s = _coef(schedule.alpha_bars, t_prev, x)
-    omab_s = _coef(schedule.one_minus_alpha_bars, t_prev, x)
+    check_eta(eta)
+    ab_t = coef(schedule.alpha_bars, t, x)
+    omab_t = coef(schedule.one_minus_alpha_bars, t, x)
+    ab_s = coef(schedule.alpha_bars, t_prev, x)
+    omab_s = coef(schedule.one_minus_alpha_bars, t_prev, x)
     x0_hat = (x - jnp.sqrt(omab_t) * eps_hat) / jnp.sqrt(ab_t)
     if clip_x0 is not None:
         x0_hat, eps_hat = _clip_x0_eps(x, x0_hat, ab_t, omab_t, clip_x0)
-    deterministic = _is_concrete(eta) and float(eta) == 0.0
+    deterministic = is_concrete(eta) and float(eta) == 0.0
     if deterministic:
         sigma2 = jnp.zeros_like(omab_s)
     else:
@@ -207,7 +207,7 @@ def ddim_step(
         return mean
     if key is None:
         raise ValueError("ddim_step with eta != 0 needs a PRNG key; pass key=jax.random.key(...)")
-    return mean + jnp.sqrt(sigma2) * _standard_normal(key, x.shape, x.dtype)
+    return mean + jnp.sqrt(sigma2) * standard_normal(key, x.shape, x.dtype)
 
 
 # --- private helpers ---------------------------------------------------------------------------------
@@ -218,21 +218,21 @@ def _bcast(t: Array, x: Array) -> Array:
 
 
 def _check_x_eps(x: ArrayLike, eps_hat: ArrayLike) -> tuple[Array, Array]:
-    x = _float_x(x)
+    x = float_x(x)
     eps_hat = jnp.asarray(eps_hat)
     if eps_hat.shape != x.shape:
         raise ValueError(f"eps_hat must have the shape of x, {x.shape}, got {eps_hat.shape}")
     return x, eps_hat.astype(x.dtype)
 
 
-def _check_eta(eta: float | Array) -> None:
+def check_eta(eta: float | Array) -> None:
     if jnp.ndim(eta) != 0:
         raise ValueError(f"eta must be a scalar, got shape {jnp.shape(eta)}")
-    if _is_concrete(eta) and not float(eta) >= 0:
+    if is_concrete(eta) and not float(eta) >= 0:
         raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like noise), got {eta!r}")
 
 
-def _check_clip(clip_x0: Any) -> tuple[float, float]:
+def check_clip(clip_x0: Any) -> tuple[float, float]:
     try:
         low, high = (float(v) for v in clip_x0)
     except (TypeError, ValueError):
@@ -246,6 +246,6 @@ def _check_clip(clip_x0: Any) -> tuple[float, float]:
 
 def _clip_x0_eps(x: Array, x0_hat: Array, ab: Array, omab: Array, clip_x0: Any) -> tuple[Array, Array]:
     """The clipped ``x̂0`` and the matching ``ε̂ = (x - √ᾱ clip(x̂0)) / √(1 - ᾱ)``."""
-    low, high = _check_clip(clip_x0)
+    low, high = check_clip(clip_x0)
     x0_hat = jnp.clip(x0_hat, low, high)
     return x0_hat, (x - jnp.sqrt(ab) * x0_hat) / jnp.sqrt(omab)
