@@ -57,6 +57,7 @@ class DiffusionConfig:
     ddim_steps: int = 50
     ddim_eta: float = 0.0
     ddpm_fid: bool = True
+    bn_recalibration: int = 50
     judge: str = "auto"
     epoch_mode: str = "stepped"
     resume: bool = False
@@ -81,6 +82,8 @@ COMMON_HELP = {
     "ddim_steps": "DDIM steps (static)",
     "ddim_eta": "DDIM η (0 = deterministic)",
     "ddpm_fid": "also judge 1,000-step DDPM samples (slow: T network calls per image)",
+    "bn_recalibration": "train-mode passes (batch --batch-size, noisy training images) that re-estimate "
+    "BatchNorm's running statistics for the EMA weights before sampling (0: keep the raw weights' stats)",
     "judge": "folder of a trained `experiments.cnn` run for judging samples; auto = reuse OUT/../cnn "
     "when it was trained on the same dataset, else train one here",
     "epoch_mode": "stepped (one compiled step per batch from Python; faster for convolutions on "
@@ -121,6 +124,8 @@ def validate(config: DiffusionConfig) -> None:
         raise ValueError(f"--epoch-mode must be stepped or scan, got {config.epoch_mode!r}")
     if not 0 <= config.ema_decay < 1:
         raise ValueError(f"--ema-decay must be in [0, 1), got {config.ema_decay}; e.g. 0.995")
+    if config.bn_recalibration < 0:
+        raise ValueError(f"--bn-recalibration must be >= 0, got {config.bn_recalibration}")
     if config.ema_warmup < 0:
         raise ValueError(f"--ema-warmup must be >= 0, got {config.ema_warmup}")
     schedule(config)  # β range / order errors from dlx_jax.diffusion
@@ -220,6 +225,44 @@ def train(
         "num_params": unet.count_params(params),
     }
     return state, history, info
+
+
+def recalibrate_batch_stats(
+    config: DiffusionConfig,
+    model: unet.UNet,
+    params: Any,
+    batch_stats: Any,
+    data: dict[str, np.ndarray],
+    key: jax.Array,
+) -> Any:
+    """BatchNorm running statistics re-estimated for ``params`` (e.g. the EMA weights).
+
+    The running statistics that training leaves behind were gathered under the raw weights; with the
+    EMA weights they mismatch (measured: γ = 3 accuracy 0.70 → 0.86 after recalibration on one run).
+    ``--bn-recalibration`` train-mode forward passes on noisy training batches (random t, labels
+    kept) update the statistics with PyTorch's momentum 0.1; the weights are not touched.
+    """
+    if config.bn_recalibration == 0:
+        return batch_stats
+    apply_fn = unet.make_apply_fn(model)
+    sched = schedule(config)
+    x_all, y_all = jnp.asarray(data["x_train"]), jnp.asarray(data["y_train"])
+    n = min(config.batch_size, len(x_all))
+
+    @jax.jit
+    def one_pass(stats, k):
+        k_idx, k_t, k_eps = jax.random.split(k, 3)
+        idx = jax.random.choice(k_idx, len(x_all), (n,), replace=False)
+        t = diffusion.sample_timesteps(k_t, sched, n=n)
+        xt, _ = diffusion.q_sample(k_eps, sched, x_all[idx], t)
+        labels = y_all[idx] if model.num_labels else None
+        mask = jnp.ones((n,), jnp.float32) if model.num_labels else None
+        return apply_fn(params, stats, xt, t, labels, mask, train=True)[1]
+
+    passes = min(config.bn_recalibration, 5) if config.quick else config.bn_recalibration
+    for i in range(passes):
+        batch_stats = one_pass(batch_stats, jax.random.fold_in(key, i))
+    return batch_stats
 
 
 # --- sampling ----------------------------------------------------------------------------------------

@@ -101,14 +101,15 @@ def main(config: Config) -> dict:
     judge_params, judge_info = D.judge(config, data, key_judge)
     base, test_feats = D.judge_baselines(judge_params, data, sizes["fid_samples"])
     n = base["fid_num_images"]
-    ema, raw, stats = state.ema_params, state.params, state.model_state
-    k_grid, k_ddpm, k_ddim = jax.random.split(key_s, 3)
+    ema, raw, raw_stats = state.ema_params, state.params, state.model_state
+    k_grid, k_ddpm, k_ddim, k_bn = jax.random.split(key_s, 4)
+    stats = D.recalibrate_batch_stats(config, model, ema, raw_stats, data, k_bn)  # for the EMA weights
 
     (x_grid, traj, traj_t), ddpm_s = D.sample(
         config, model, ema, stats, k_grid, n=20, kind="ddpm", trajectory=True
     )
     ddim_grid, ddim_s = D.sample(config, model, ema, stats, k_grid, n=20, kind="ddim")
-    raw_grid, _ = D.sample(config, model, raw, stats, k_grid, n=20, kind="ddim")
+    raw_grid, _ = D.sample(config, model, raw, raw_stats, k_grid, n=20, kind="ddim")
 
     m: dict[str, Any] = {
         "loss_history": history["loss"],
@@ -130,7 +131,7 @@ def main(config: Config) -> dict:
     if config.ddpm_fid:
         judged["ddpm"] = D.sample(config, model, ema, stats, k_ddpm, n=n, kind="ddpm")[0]
     judged["ddim"] = D.sample(config, model, ema, stats, k_ddim, n=n, kind="ddim")[0]
-    judged["ddim_no_ema"] = D.sample(config, model, raw, stats, k_ddim, n=n, kind="ddim")[0]
+    judged["ddim_no_ema"] = D.sample(config, model, raw, raw_stats, k_ddim, n=n, kind="ddim")[0]
     for name, imgs in judged.items():
         sheet = D.sample_sheet(judge_params, imgs, test_feats)
         m[f"sample_fid_{name}"] = sheet["fid"]

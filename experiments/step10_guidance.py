@@ -110,7 +110,11 @@ def main(config: Config) -> dict:
     judge_params, judge_info = D.judge(config, data, key_judge)
     base, test_feats = D.judge_baselines(judge_params, data, sizes["fid_samples"])
     n_fid = base["fid_num_images"]
-    ema, stats = state.ema_params, state.model_state
+    key_s, k_bn = jax.random.split(key_s)
+    ema = state.ema_params
+    stats = D.recalibrate_batch_stats(
+        config, model, ema, state.model_state, data, k_bn
+    )  # for the EMA weights
 
     m: dict[str, Any] = {
         "loss_history": history["loss"],

@@ -82,6 +82,7 @@ def test_diffusion_training_resumes_bit_for_bit(tmp_path):
         (step09_diffusion, {"ddim_steps": 2000}, "--ddim-steps 2000 exceeds"),
         (step09_diffusion, {"lr": 0.0}, "--lr must be a positive number"),
         (step09_diffusion, {"ema_decay": 1.0}, "--ema-decay must be in"),
+        (step09_diffusion, {"bn_recalibration": -1}, "--bn-recalibration must be >= 0"),
         (step09_diffusion, {"batch_size": 100000}, "larger than the training set"),
         (step09_diffusion, {"judge": "/nonexistent/judge"}, "holds no trained CNN"),
     ],
@@ -91,3 +92,20 @@ def test_bad_settings_fail_before_any_output(tmp_path, module, overrides, messag
     with pytest.raises(ValueError, match=message):
         module.main(config)
     assert not (tmp_path / "out").exists()
+
+
+def test_batchnorm_statistics_are_recalibrated_for_the_ema_weights():
+    config = replace(step10_guidance.Config(), quick=True, bn_recalibration=3)
+    data = D.load_images(config)
+    model = D.build_model(config, conditional=True)
+    from dlx_jax import unet
+
+    params, stats = unet.init(jax.random.key(0), model)
+    new = D.recalibrate_batch_stats(config, model, params, stats, data, jax.random.key(1))
+    old_leaves, new_leaves = jax.tree_util.tree_leaves(stats), jax.tree_util.tree_leaves(new)
+    assert all(np.isfinite(np.asarray(v)).all() for v in new_leaves)
+    assert any(not np.array_equal(a, b) for a, b in zip(old_leaves, new_leaves, strict=True))
+    same = D.recalibrate_batch_stats(
+        replace(config, bn_recalibration=0), model, params, stats, data, jax.random.key(1)
+    )
+    assert same is stats
