@@ -98,28 +98,22 @@ COMMON_CHOICES = {"dataset": ("mnist-5k", "mnist", "fashion-mnist"), "epoch_mode
 
 def validate(config: DiffusionConfig) -> None:
     """Raise ``ValueError`` for settings that cannot work (before anything is computed or written)."""
-    positive = ("train_steps", "batch_size", "features", "num_samples", "sample_batch", "ddim_steps")
+    G.validate_config(
+        config,
+        positive=("train_steps", "batch_size", "features", "num_samples", "sample_batch", "ddim_steps"),
+    )
     if config.fid_samples < 2:
         raise ValueError(
             f"--fid-samples must be >= 2 (a covariance needs 2 samples), got {config.fid_samples}"
         )
-    for name in positive:
-        if getattr(config, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
     if config.epochs is not None and config.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {config.epochs}; leave it out to train --train-steps")
-    if not (config.lr > 0 and math.isfinite(config.lr)):
-        raise ValueError(f"--lr must be a positive number, got {config.lr}; the book uses 1e-3")
     if config.num_timesteps < 2:
         raise ValueError(f"--num-timesteps must be >= 2, got {config.num_timesteps}; the book uses 1000")
     if config.ddim_steps > config.num_timesteps:
         raise ValueError(f"--ddim-steps {config.ddim_steps} exceeds --num-timesteps {config.num_timesteps}")
     if not config.ddim_eta >= 0:
         raise ValueError(f"--ddim-eta must be >= 0, got {config.ddim_eta}")
-    if config.num_samples < 2:
-        raise ValueError(
-            f"--num-samples must be >= 2 (a Fréchet distance needs 2 samples), got {config.num_samples}"
-        )
     if config.epoch_mode not in COMMON_CHOICES["epoch_mode"]:
         raise ValueError(f"--epoch-mode must be stepped or scan, got {config.epoch_mode!r}")
     if not 0 <= config.ema_decay < 1:
@@ -223,6 +217,7 @@ def train(
         "train_steps": int(state.step),
         "train_s": seconds,
         "num_params": unet.count_params(params),
+        "features": model.features,
     }
     return state, history, info
 
@@ -265,50 +260,44 @@ def recalibrate_batch_stats(
     return batch_stats
 
 
+def training_metrics(
+    history: dict[str, list], info: dict[str, Any], book_final_loss: float
+) -> dict[str, Any]:
+    """The metrics every diffusion step reports about its training run."""
+    return {
+        "loss_history": history["loss"],
+        "final_loss": history["loss"][-1],
+        "book_final_loss": book_final_loss,
+        "epoch_seconds": history["epoch_seconds"],
+        **info,
+    }
+
+
 # --- sampling ----------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=16)
-def _compiled_sampler(
-    model_key: tuple, sched_key: tuple, kind: str, n: int, ddim_steps: int, eta: float, every: int | None
-):
-    """One compiled sampler per (model, schedule, sampler, batch size): ``f(key, params, stats,
-    labels, gamma)``; ``labels``/``gamma`` may be ``None`` (a separate compilation)."""
-    sched = diffusion.linear_schedule(*sched_key)
-    apply_fn = unet.make_apply_fn(unet.UNet(features=model_key[0], num_labels=model_key[1]))
-
-    def run(key, params, batch_stats, labels, gamma):
-        eps_fn = diffusion.make_eps_fn(apply_fn, params, batch_stats)
-        shape = (n, 28, 28, 1)
-        if kind == "ddpm":
-            return diffusion.ddpm_sample(
-                key, eps_fn, sched, shape=shape, labels=labels, gamma=gamma, trajectory_every=every
-            )
-        return diffusion.ddim_sample(
-            key,
-            eps_fn,
-            sched,
-            shape=shape,
-            num_steps=ddim_steps,
-            eta=eta,
-            labels=labels,
-            gamma=gamma,
-            trajectory_every=every,
-        )
-
-    return jax.jit(run)
 
 
 _EXECUTABLES: dict[tuple, Any] = {}
 
 
-def _executable(key_: tuple, f: Any, args: tuple) -> tuple[Any, float]:
-    """A compiled sampler for these argument shapes (compiled once per process), and compile seconds."""
-    if key_ in _EXECUTABLES:
-        return _EXECUTABLES[key_], 0.0
-    start = time.perf_counter()
-    _EXECUTABLES[key_] = f.lower(*args).compile()
-    return _EXECUTABLES[key_], time.perf_counter() - start
+def _sampler_executable(spec: tuple, args: tuple) -> Any:
+    """The sampler ``run(key, params, stats, labels, gamma)`` for ``spec = (features, num_labels,
+    schedule settings, kind, n, ddim_steps, eta, trajectory_every, has_labels, has_gamma)``,
+    compiled ahead of time once per process (so sampling seconds exclude compilation)."""
+    if spec in _EXECUTABLES:
+        return _EXECUTABLES[spec]
+    (features, num_labels), sched_key, kind, n, ddim_steps, eta, every = spec[:7]
+    sched = diffusion.linear_schedule(*sched_key)
+    apply_fn = unet.make_apply_fn(unet.UNet(features=features, num_labels=num_labels))
+
+    def run(key, params, batch_stats, labels, gamma):
+        eps_fn = diffusion.make_eps_fn(apply_fn, params, batch_stats)
+        options = {"shape": (n, 28, 28, 1), "labels": labels, "gamma": gamma, "trajectory_every": every}
+        if kind == "ddpm":
+            return diffusion.ddpm_sample(key, eps_fn, sched, **options)
+        return diffusion.ddim_sample(key, eps_fn, sched, num_steps=ddim_steps, eta=eta, **options)
+
+    _EXECUTABLES[spec] = jax.jit(run).lower(*args).compile()
+    return _EXECUTABLES[spec]
 
 
 def sample(
@@ -336,7 +325,6 @@ def sample(
     # cheap) so the figures' calls and the judged calls share one compilation
     every = max(1, (config.num_timesteps if kind == "ddpm" else config.ddim_steps) // 10)
     chunk = min(config.sample_batch, n)
-    f = _compiled_sampler(model_key, sched_key, kind, chunk, config.ddim_steps, config.ddim_eta, every)
     g = None if gamma is None else jnp.float32(gamma)
     outs, seconds = [], 0.0
     for i in range(math.ceil(n / chunk)):
@@ -344,17 +332,18 @@ def sample(
         if labels is not None:
             lab = jnp.asarray(np.resize(np.asarray(labels[i * chunk : (i + 1) * chunk], np.int32), chunk))
         k = jax.random.fold_in(key, i)
-        exe_key = (
+        spec = (
             model_key,
             sched_key,
             kind,
             chunk,
             config.ddim_steps,
             config.ddim_eta,
+            every,
             lab is None,
             g is None,
         )
-        exe, _ = _executable(exe_key, f, (k, params, batch_stats, lab, g))
+        exe = _sampler_executable(spec, (k, params, batch_stats, lab, g))
         start = time.perf_counter()
         x = jax.block_until_ready(exe(k, params, batch_stats, lab, g))
         seconds += time.perf_counter() - start
@@ -415,10 +404,7 @@ def train_judge(
     optimizer = optax.adam(1e-3)
     params = cnn.init_params(key_init)
 
-    def loss_fn(k, p, batch):
-        return cnn.loss(p, batch[0], batch[1], key=k)
-
-    step = training.make_train_step(loss_fn, optimizer)
+    step = training.make_train_step(cnn.train_loss, optimizer)
     epoch_fn = jax.jit(training.make_epoch_fn(step, batch_size=min(128, len(data["x_train"]))))
     state, _ = training.fit(
         key_fit,

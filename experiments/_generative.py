@@ -75,7 +75,8 @@ def validate_config(config: Any, positive: Iterable[str] = VAE_SIZES) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}; pass a positive integer")
     if not (config.lr > 0 and math.isfinite(config.lr)):
         raise ValueError(
-            f"--lr must be a positive number, got {config.lr}; the book uses 3e-4 (VAE), 1e-3 (HVAE)"
+            f"--lr must be a positive number, got {config.lr}; "
+            "the book uses 3e-4 (VAE), 1e-3 (HVAE, diffusion)"
         )
 
 

@@ -112,12 +112,7 @@ def main(config: Config) -> dict:
     raw_grid, _ = D.sample(config, model, raw, raw_stats, k_grid, n=20, kind="ddim")
 
     m: dict[str, Any] = {
-        "loss_history": history["loss"],
-        "final_loss": history["loss"][-1],
-        "book_final_loss": BOOK_FINAL_LOSS,
-        **info,
-        "epoch_seconds": history["epoch_seconds"],
-        "features": model.features,
+        **D.training_metrics(history, info, BOOK_FINAL_LOSS),
         **judge_info,
         **base,
         "photo_mean_at_T": float(np.mean(rows["photo"][-1])),

@@ -117,12 +117,7 @@ def main(config: Config) -> dict:
     )  # for the EMA weights
 
     m: dict[str, Any] = {
-        "loss_history": history["loss"],
-        "final_loss": history["loss"][-1],
-        "book_final_loss": BOOK_FINAL_LOSS,
-        **info,
-        "epoch_seconds": history["epoch_seconds"],
-        "features": model.features,
+        **D.training_metrics(history, info, BOOK_FINAL_LOSS),
         **judge_info,
         **base,
         "cfg_gammas": gammas,
