@@ -64,6 +64,7 @@ from dlx_jax.data import batch_indices
 
 __all__ = [
     "TrainState",
+    "TrainingDivergedError",
     "ema_update",
     "fit",
     "init_state",
@@ -81,6 +82,15 @@ Metrics = dict[str, Array]
 StepFn = Callable[[PRNGKeyArray, "TrainState", Any], tuple["TrainState", Metrics]]
 EpochFn = Callable[[PRNGKeyArray, "TrainState", Any], tuple["TrainState", Metrics]]
 EvalFn = Callable[[int, "TrainState"], Mapping[str, Any]]
+
+
+class TrainingDivergedError(ValueError):
+    """A training epoch produced a non-finite loss or metric.
+
+    Subclasses ``ValueError`` so callers that catch bad-input errors also catch it. :func:`fit`
+    discards the run's partial checkpoint folder only for this error (a diverged run is not worth
+    resuming); any other failure, e.g. in an ``evaluate`` callback, leaves it for ``resume=True``.
+    """
 
 
 class TrainState(NamedTuple):
@@ -520,8 +530,10 @@ def fit(
 
     Raises:
         ValueError: ``epochs`` < 1, ``resume`` without ``checkpoint_dir``, a checkpoint whose
-            fingerprint differs from ``fingerprint``, one with more epochs than ``epochs``, or a
-            diverged (non-finite) loss.
+            fingerprint differs from ``fingerprint``, or one with more epochs than ``epochs``.
+        TrainingDivergedError: a non-finite epoch loss or metric (a ``ValueError``); the partial
+            folder is discarded. Any other error (an ``evaluate`` failure, Ctrl-C) keeps it for
+            ``resume=True``.
     """
     from tqdm.auto import tqdm
 
@@ -585,7 +597,7 @@ def fit(
                 history.setdefault(k, []).append(v)
             if not all(math.isfinite(v) for v in means.values()):
                 bad = {k: v for k, v in means.items() if not math.isfinite(v)}
-                raise ValueError(
+                raise TrainingDivergedError(
                     f"training diverged in epoch {e + 1}: {bad}; try a smaller learning rate "
                     "(earlier checkpoints and outputs were left untouched)"
                 )
@@ -597,7 +609,7 @@ def fit(
                 save_checkpoint(partial, e + 1, state, meta)
     except BaseException as err:
         bar.close()
-        if partial is not None and isinstance(err, ValueError):
+        if partial is not None and isinstance(err, TrainingDivergedError):
             shutil.rmtree(partial, ignore_errors=True)  # a diverged run is not worth resuming
         raise
     bar.close()

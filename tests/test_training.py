@@ -238,10 +238,29 @@ def test_a_diverging_run_leaves_a_good_run_untouched(key, tmp_path):
 
     run(0.01, 2)
     before = _folder_digest(ckpt)
-    with pytest.raises(ValueError, match="diverged in epoch .*smaller learning rate"):
+    with pytest.raises(training.TrainingDivergedError, match="diverged in epoch .*smaller learning rate"):
         run(1e6, 3)
     assert _folder_digest(ckpt) == before
     assert not (tmp_path / "ckpt.partial").exists()
+
+
+def test_a_failing_evaluate_keeps_the_partial_run_resumable(problem, key, tmp_path):
+    data, state, _, epoch = problem
+    ckpt = tmp_path / "ckpt"
+
+    def evaluate(e, _state):
+        if e == 2:
+            raise ValueError("evaluation failed")
+        return {"ok": 1}
+
+    with pytest.raises(ValueError, match="evaluation failed"):
+        training.fit(key, state, data, epoch_fn=epoch, epochs=3, checkpoint_dir=ckpt, evaluate=evaluate,
+                     progress=False)  # fmt: skip
+    assert not isinstance(ValueError("x"), training.TrainingDivergedError)
+    assert training.latest_checkpoint(tmp_path / "ckpt.partial") == 1  # epoch 1 kept, epoch 2 not saved
+    resumed, _ = training.fit(key, state, data, epoch_fn=epoch, epochs=3, checkpoint_dir=ckpt, resume=True,
+                              progress=False)  # fmt: skip
+    _leaves_equal(resumed, training.fit(key, state, data, epoch_fn=epoch, epochs=3, progress=False)[0])
 
 
 def test_params_round_trip_through_the_one_orbax_api(tmp_path):
