@@ -220,11 +220,7 @@ def test_formulations_match_nn_conv_forward(impl):
         out, out_stats = f(params, stats, x, T, LABELS, MASK, train=train)
         np.testing.assert_allclose(out, ref, rtol=RTOL_UNET_F32, atol=ATOL_UNET_F32)
         # the running statistics too (the fast formulations fold the conv bias into the mean)
-        jax.tree_util.tree_map(
-            lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL_BN_STATS_F32, atol=ATOL_BN_STATS_F32),
-            out_stats,
-            ref_stats,
-        )
+        _assert_trees_close(out_stats, ref_stats, RTOL_BN_STATS_F32, ATOL_BN_STATS_F32)
 
 
 def _loss_grad(apply_fn, stats, t, labels, mask, eps):
@@ -235,39 +231,31 @@ def _loss_grad(apply_fn, stats, t, labels, mask, eps):
     return jax.jit(jax.grad(loss, argnums=(0, 1)))
 
 
-def test_default_formulation_gradients_match_nn_conv_float32():
+@pytest.mark.parametrize(
+    "dtype, rtol, atol",
+    [
+        (np.float32, RTOL_UNET_GRAD_F32, ATOL_UNET_GRAD_F32),
+        pytest.param(np.float64, RTOL_UNET_GRAD_F64, ATOL_UNET_GRAD_F64, marks=pytest.mark.slow),
+    ],
+)
+def test_default_formulation_gradients_match_nn_conv(dtype, rtol, atol):
     """The custom kernel gradient of the default ("hybrid") vs autodiff of flax nn.Conv."""
-    _, params, stats, ref_apply, _ = _small("lax")
-    _, _, _, apply_fn, _ = _small(unet.DEFAULT_CONV_IMPL)
-    # batch 5 (not a multiple of the 4-image chunk of the kernel gradient), non-square images
-    x, eps = jnp.asarray(_images(2, 5, 12, 8)), jnp.asarray(_images(3, 5, 12, 8))
-    t, labels, mask = np.arange(1, 6), np.array([0, 3, 9, 5, 1]), np.array([1, 0, 1, 1, 0], np.float32)
-    ref = _loss_grad(ref_apply, stats, t, labels, mask, eps)(params, x)
-    got = _loss_grad(apply_fn, stats, t, labels, mask, eps)(params, x)
-    jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL_UNET_GRAD_F32, atol=ATOL_UNET_GRAD_F32),
-        got,
-        ref,
-    )
+    with jax.enable_x64(dtype == np.float64):
+        _, params, stats, ref_apply, _ = _small("lax")
+        _, _, _, apply_fn, _ = _small(unet.DEFAULT_CONV_IMPL)
+        params = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
+        # batch 5 (not a multiple of the 4-image chunk of the kernel gradient), non-square images
+        x = jnp.asarray(_images(2, 5, 12, 8, dtype=dtype))
+        eps = jnp.asarray(_images(3, 5, 12, 8, dtype=dtype))
+        t, labels, mask = np.arange(1, 6), np.array([0, 3, 9, 5, 1]), np.array([1, 0, 1, 1, 0], dtype)
+        ref = _loss_grad(ref_apply, stats, t, labels, mask, eps)(params, x)
+        got = _loss_grad(apply_fn, stats, t, labels, mask, eps)(params, x)
+        assert got[1].dtype == dtype
+        _assert_trees_close(got, ref, rtol, atol)
 
 
-@pytest.mark.slow
-def test_default_formulation_gradients_match_nn_conv_float64(x64):
-    _, params, stats, apply_fn, _ = _small(unet.DEFAULT_CONV_IMPL, num_labels=None)
-    ref_apply = unet.make_apply_fn(unet.UNet(features=F, conv_impl="lax"))
-    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
-    # batch 5 (not a multiple of the 4-image chunk) and a non-square image
-    x = jnp.asarray(_images(4, 5, 12, 8, dtype=np.float64))
-    eps = jnp.asarray(_images(5, 5, 12, 8, dtype=np.float64))
-    t = jnp.arange(1, 6)
-    ref = _loss_grad(ref_apply, stats, t, None, None, eps)(params, x)
-    got = _loss_grad(apply_fn, stats, t, None, None, eps)(params, x)
-    assert got[1].dtype == jnp.float64
-    jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL_UNET_GRAD_F64, atol=ATOL_UNET_GRAD_F64),
-        got,
-        ref,
-    )
+def _assert_trees_close(got, want, rtol, atol):
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=atol), got, want)
 
 
 def test_jit_equals_eager():
@@ -278,11 +266,7 @@ def test_jit_equals_eager():
     # train-mode BatchNorm divides by the batch std, amplifying the reordered sums of the fused
     # program: the tolerance of two formulations of the same model
     np.testing.assert_allclose(jitted, eager, rtol=RTOL_UNET_F32, atol=ATOL_UNET_F32)
-    jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL_BN_STATS_F32, atol=ATOL_BN_STATS_F32),
-        jitted_stats,
-        eager_stats,
-    )
+    _assert_trees_close(jitted_stats, eager_stats, RTOL_BN_STATS_F32, ATOL_BN_STATS_F32)
 
 
 # --- BatchNorm ------------------------------------------------------------------------------------
