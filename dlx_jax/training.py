@@ -65,6 +65,7 @@ from dlx_jax.data import batch_indices
 __all__ = [
     "TrainState",
     "TrainingDivergedError",
+    "commit_checkpoints",
     "ema_update",
     "fit",
     "init_state",
@@ -493,6 +494,7 @@ def fit(
     eval_every: int = 1,
     progress: bool = True,
     desc: str = "train",
+    commit: bool = True,
 ) -> tuple[TrainState, dict[str, list]]:
     """Run ``epochs`` epochs of ``epoch_fn``, evaluating, timing and checkpointing after each one.
 
@@ -524,6 +526,11 @@ def fit(
         eval_every: evaluate every this many epochs (and after the last).
         progress: show a tqdm bar over epochs (also disabled by ``TQDM_DISABLE=1``).
         desc: the bar's label.
+        commit: move the finished run onto ``checkpoint_dir`` (default). ``False`` leaves it in
+            ``<checkpoint_dir>.partial`` for the caller to :func:`commit_checkpoints` once its own
+            outputs (samples, metrics) are in place, so a run killed after training but before those
+            outputs never pairs new checkpoints with old outputs; ``resume=True`` then restores the
+            finished partial run without training again.
 
     Returns:
         ``(state, history)`` after ``epochs`` epochs.
@@ -613,7 +620,21 @@ def fit(
             shutil.rmtree(partial, ignore_errors=True)  # a diverged run is not worth resuming
         raise
     bar.close()
-    if partial is not None and checkpoint_dir is not None:
-        if partial.exists():
-            _replace_dir(partial, checkpoint_dir)
+    if commit and checkpoint_dir is not None:
+        commit_checkpoints(checkpoint_dir)
     return state, history
+
+
+def commit_checkpoints(checkpoint_dir: str | Path) -> bool:
+    """Move a run finished with ``fit(..., commit=False)`` from ``<checkpoint_dir>.partial`` onto
+    ``checkpoint_dir`` (the old folder is removed only after the new one is in place).
+
+    Returns:
+        ``True`` when a partial folder was moved, ``False`` when there was none.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    partial = _partial_dir(checkpoint_dir)
+    if not partial.exists():
+        return False
+    _replace_dir(partial, checkpoint_dir)
+    return True

@@ -299,3 +299,24 @@ def test_bad_arguments_raise(problem, stateful, key):
         training.make_train_step(loss_fn, optimizer, ema_decay=0.9, ema_warmup=-1)
     with pytest.raises(ValueError, match=r"init_state\(\.\.\., ema=True\)"):
         training.make_train_step(loss_fn, optimizer, ema_decay=0.9)(key, state, (data[0][:8], data[1][:8]))
+
+
+def test_commit_false_leaves_a_finished_run_resumable_without_training_again(problem, key, tmp_path):
+    data, state, _, epoch = problem
+    ckpt = tmp_path / "ckpt"
+    training.fit(key, state, data, epoch_fn=epoch, epochs=1, checkpoint_dir=ckpt, progress=False)
+    before = _folder_digest(ckpt)
+    done, history = training.fit(key, state, data, epoch_fn=epoch, epochs=2, checkpoint_dir=ckpt,
+                                 progress=False, commit=False)  # fmt: skip
+    assert _folder_digest(ckpt) == before  # the old run is untouched until the caller commits
+    assert training.latest_checkpoint(tmp_path / "ckpt.partial") == 2
+
+    def no_training(*args):
+        raise AssertionError("a finished partial run must not train again")
+
+    again, history2 = training.fit(key, state, data, epoch_fn=no_training, epochs=2, checkpoint_dir=ckpt,
+                                   resume=True, progress=False, commit=False)  # fmt: skip
+    _leaves_equal(again, done)
+    assert history2 == history
+    assert training.commit_checkpoints(ckpt) and not training.commit_checkpoints(ckpt)
+    assert training.latest_checkpoint(ckpt) == 2 and not (tmp_path / "ckpt.partial").exists()
