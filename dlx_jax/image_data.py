@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
 import struct
 import zlib
 from collections.abc import Iterator
@@ -87,9 +88,21 @@ class ImageDataset(NamedTuple):
 
 def _read_bytes(path: Path) -> bytes:
     """File contents, gunzipped when the file starts with the gzip magic (whatever its extension)."""
+    if path.is_dir():
+        raise ValueError(
+            f"IDX path {str(path)!r} is a directory; pass the IDX file itself (or its folder as --data-dir)"
+        )
     if not path.is_file():
-        raise FileNotFoundError(f"IDX file {str(path)!r} does not exist")
-    raw = path.read_bytes()
+        raise FileNotFoundError(
+            f"IDX file {str(path)!r} does not exist; pass the path of an MNIST-format IDX file"
+        )
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ValueError(
+            f"IDX file {str(path)!r} cannot be read ({err.strerror or type(err).__name__}); "
+            "check its permissions"
+        ) from None
     if raw[:2] != b"\x1f\x8b":
         return raw
     try:
@@ -116,9 +129,9 @@ def read_idx(path: str | Path) -> np.ndarray:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: corrupted gzip, unknown magic / dtype / rank, zero or implausible dimensions,
-            a payload shorter (truncated) or longer (trailing bytes) than ``prod(dims)``, or a
-            label outside ``0..9`` (this reader serves 10-class datasets).
+        ValueError: the path is a folder or unreadable, corrupted gzip, unknown magic / dtype / rank,
+            a zero dimension, a payload shorter (truncated) or longer (trailing bytes) than
+            ``prod(dims)``, or a label outside ``0..9`` (this reader serves 10-class datasets).
     """
     path = Path(path)
     data = _read_bytes(path)
@@ -140,7 +153,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     dims = struct.unpack(f">{rank}I", data[4:header])
     if any(d == 0 for d in dims):
         raise ValueError(f"{path}: a dimension is zero in {dims}; the file holds no data")
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = math.prod(dims)  # exact: three uint32 dimensions can overflow int64
     payload = len(data) - header
     if payload != expected:
         what = "truncated" if payload < expected else "followed by trailing bytes"
@@ -183,13 +196,20 @@ def load_idx_dir(data_dir: str | Path, *, name: str | None = None) -> ImageDatas
 
     Raises:
         FileNotFoundError: the folder or one of the four files is missing.
-        ValueError: a file is invalid (see :func:`read_idx`), image and label counts disagree,
-            images are not 28×28, or an image file sits where a label file belongs (or vice versa).
+        ValueError: ``data_dir`` is a file, a file is invalid (see :func:`read_idx`), image and label
+            counts disagree, images are not 28×28, or an image file sits where a label file belongs
+            (or vice versa).
     """
     folder = Path(data_dir)
+    if folder.is_file():
+        raise ValueError(
+            f"--data-dir {str(folder)!r} is a file, not a folder; pass the folder that holds the four IDX "
+            f"files ({', '.join(s + '.gz' for s in IDX_FILES.values())})"
+        )
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"--data-dir {str(folder)!r} is not a folder; pass a folder with the four IDX files "
+            f"--data-dir {str(folder)!r} does not exist (it is not a folder); pass a folder with the four "
+            "IDX files "
             f"({', '.join(s + '.gz' for s in IDX_FILES.values())})"
         )
     paths = {role: _find_idx(folder, stem) for role, stem in IDX_FILES.items()}

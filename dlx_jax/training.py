@@ -47,10 +47,11 @@ run's checkpoints untouched while an interrupted run can be resumed from its par
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -63,6 +64,7 @@ from jaxtyping import Array, Int, PRNGKeyArray
 from dlx_jax.data import batch_indices
 
 __all__ = [
+    "CheckpointError",
     "TrainState",
     "TrainingDivergedError",
     "commit_checkpoints",
@@ -83,6 +85,14 @@ Metrics = dict[str, Array]
 StepFn = Callable[[PRNGKeyArray, "TrainState", Any], tuple["TrainState", Metrics]]
 EpochFn = Callable[[PRNGKeyArray, "TrainState", Any], tuple["TrainState", Metrics]]
 EvalFn = Callable[[int, "TrainState"], Mapping[str, Any]]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder cannot be read: corrupted, incomplete, or written for another model.
+
+    Raised instead of orbax's and tensorstore's own errors, whose messages name internals rather
+    than the fix (delete the folder or run without ``--resume``).
+    """
 
 
 class TrainingDivergedError(ValueError):
@@ -332,21 +342,43 @@ def save_checkpoint(directory: str | Path, epoch: int, state: TrainState, meta: 
         mngr.wait_until_finished()
 
 
+@contextlib.contextmanager
+def _reading(directory: Path) -> Iterator[None]:
+    """Turn any failure of orbax/tensorstore while reading ``directory`` into one :class:`CheckpointError`."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(
+            f"checkpoint {directory} is corrupted or incomplete (or was written for another model); "
+            "delete it or run without --resume"
+        ) from err
+
+
 def latest_checkpoint(directory: str | Path) -> int | None:
-    """The newest checkpoint number in ``directory``, or ``None`` when there is none."""
+    """The newest checkpoint number in ``directory``, or ``None`` when there is none.
+
+    Raises:
+        CheckpointError: the folder cannot be read as a checkpoint folder.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return None
-    with _manager(directory, create=False) as mngr:
+    with _reading(directory), _manager(directory, create=False) as mngr:
         return mngr.latest_step()
 
 
 def _restore_meta(directory: Path, step: int) -> dict:
     import orbax.checkpoint as ocp
 
-    with _manager(directory, create=False) as mngr:
-        restored = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return dict(restored["meta"])
+    with _reading(directory):
+        with _manager(directory, create=False) as mngr:
+            restored = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        meta = restored["meta"]
+        if not isinstance(meta, Mapping) or not {"epoch", "history", "fingerprint"} <= set(meta):
+            raise ValueError("metadata without epoch, history and fingerprint")
+        return dict(meta)
 
 
 def restore_checkpoint(
@@ -361,6 +393,7 @@ def restore_checkpoint(
 
     Raises:
         FileNotFoundError: no checkpoint in ``directory``.
+        CheckpointError: the checkpoint cannot be read (corrupted, incomplete, another model's).
     """
     import orbax.checkpoint as ocp
 
@@ -370,7 +403,7 @@ def restore_checkpoint(
         raise FileNotFoundError(f"no checkpoint in {str(directory)!r}; run without --resume first")
     template = _to_tree(like)
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-    with _manager(directory, create=False) as mngr:
+    with _reading(directory), _manager(directory, create=False) as mngr:
         restored = mngr.restore(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()),
@@ -541,6 +574,7 @@ def fit(
         TrainingDivergedError: a non-finite epoch loss or metric (a ``ValueError``); the partial
             folder is discarded. Any other error (an ``evaluate`` failure, Ctrl-C) keeps it for
             ``resume=True``.
+        CheckpointError: with ``resume=True``, a checkpoint folder that cannot be read.
     """
     from tqdm.auto import tqdm
 

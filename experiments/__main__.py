@@ -2,7 +2,9 @@
 
 Each step writes ``OUT/<step>/`` (metrics.json, config.json, figures); this runner prints one summary
 line per step, writes ``OUT/report.html`` (self-contained: figures are embedded, no network needed) and
-exits non-zero if any step failed.
+exits 1 if any step failed. Bad flags (an ``--out`` that is a file or not writable, a ``--seed`` outside
+``[0, 2**32 - 1]``, an unknown step in ``--only``) are one ``error:`` line and exit code 2, before any
+step runs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-from experiments._common import summary
+from experiments._common import ArgumentParser, check_out_dir, parse_seed, summary
 from experiments.report import StepResult, write_report
 
 ALL_STEPS = (
@@ -52,7 +54,10 @@ def run_step(name: str, out: Path, *, seed: int, quick: bool, plots: bool) -> St
         line = summary(metrics, getattr(module.Config, "SUMMARY", ()))
         return StepResult(name, True, time.perf_counter() - start, line, out / name)
     except Exception as err:  # one failing step must not stop the others
-        detail = "".join(traceback.format_exception(err))
+        if isinstance(err, ValueError | FileNotFoundError):  # bad input: the message names the fix
+            detail = f"error: {err}"
+        else:
+            detail = "".join(traceback.format_exception(err))
         return StepResult(
             name, False, time.perf_counter() - start, f"{type(err).__name__}: {err}", out / name, detail
         )
@@ -60,11 +65,11 @@ def run_step(name: str, out: Path, *, seed: int, quick: bool, plots: bool) -> St
 
 def main(argv: list[str] | None = None) -> int:
     steps = available_steps()
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs", help="output folder (default: outputs)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed passed to every step (default: 0)")
+    parser.add_argument(
+        "--seed", type=parse_seed, default=0, help="random seed passed to every step (default: 0)"
+    )
     parser.add_argument(
         "--full", action="store_true", help="run the full (slow) settings instead of quick mode"
     )
@@ -72,15 +77,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", default=None, help=f"comma-separated subset of steps to run; available: {','.join(steps)}"
     )
-    args = parser.parse_args(argv)
-    if args.only:
-        wanted = [s.strip() for s in args.only.split(",") if s.strip()]
-        unknown = [s for s in wanted if s not in steps]
-        if unknown:
-            parser.error(f"unknown step(s) {unknown}; choose from {steps}")
-        steps = [s for s in steps if s in wanted]
-    if not steps:
-        parser.error("no experiment steps found in this checkout")
+    try:
+        args = parser.parse_args(argv)
+        if args.only is not None:
+            wanted = [s.strip() for s in args.only.split(",") if s.strip()]
+            unknown = [s for s in wanted if s not in steps]
+            if unknown or not wanted:
+                parser.error(
+                    f"--only {args.only!r}: unknown step(s) {unknown}; pass a comma-separated subset "
+                    f"of {steps}"
+                )
+            steps = [s for s in steps if s in wanted]
+        if not steps:
+            parser.error("no experiment steps found in this checkout; reinstall dlx-jax")
+    except SystemExit as stop:  # --help (0) or a bad flag (2; the parser printed the error line)
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
+    try:
+        check_out_dir(args.out)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []

@@ -97,7 +97,9 @@ COMMON_CHOICES = {"dataset": ("mnist-5k", "mnist", "fashion-mnist"), "epoch_mode
 
 
 def validate(config: DiffusionConfig) -> None:
-    """Raise ``ValueError`` for settings that cannot work (before anything is computed or written)."""
+    """Raise ``ValueError`` for settings that cannot work (before anything is computed or written).
+
+    The steps call :func:`experiments._common.check_checkpoints` after their own checks."""
     G.validate_config(
         config,
         positive=("train_steps", "batch_size", "features", "num_samples", "sample_batch", "ddim_steps"),

@@ -33,7 +33,7 @@ import optax
 
 from dlx_jax import training, vae
 from dlx_jax.data import load_dataset, to_float_images
-from experiments._common import StepOutput, plt
+from experiments._common import StepOutput, check_config, checkpoint_errors, plt
 
 __all__ = [
     "FAST_COMPILE",
@@ -65,10 +65,15 @@ VAE_SIZES = ("epochs", "batch_size", "latent_dim", "hidden_dim", "iwae_k")
 def validate_config(config: Any, positive: Iterable[str] = VAE_SIZES) -> None:
     """Raise ``ValueError`` for settings that cannot work (before any output is written).
 
+    Also the checks every step shares (:func:`experiments._common.check_config`: seed, finite
+    numbers, ``--out``); :func:`experiments._common.check_checkpoints` comes after a step's own
+    checks (it notes a ``--resume`` with nothing to resume).
+
     Args:
         config: the step's config (needs ``lr`` and the fields named in ``positive``).
         positive: integer fields that must be >= 1.
     """
+    check_config(config)
     for name in positive:
         value = getattr(config, name)
         if value < 1:
@@ -146,25 +151,28 @@ def train(
 ) -> tuple[training.TrainState, dict[str, list], float]:
     """:func:`dlx_jax.training.fit` into ``OUT/checkpoints`` (``--resume`` aware); ``(state, history, s)``.
 
-    The run trains into ``OUT/checkpoints.partial`` and replaces ``OUT/checkpoints`` only when all
-    epochs are done; ``config.resume`` continues an interrupted run (or a finished one, longer)
-    with the same numbers as an uninterrupted run, and refuses a checkpoint made under another
-    ``fingerprint``. A diverged run raises ``ValueError`` before anything is written.
+    The run trains into ``OUT/checkpoints.partial``, which replaces ``OUT/checkpoints`` only when the
+    step's outputs are written (``StepOutput(config, checkpoints=True)``); ``config.resume``
+    continues an interrupted run (or a finished one, longer, or one killed after training: then
+    without training again) with the same numbers as an uninterrupted run, and refuses a checkpoint
+    made under another ``fingerprint``. A diverged run raises ``ValueError`` before anything is written.
     """
     start = time.perf_counter()
-    state, history = training.fit(
-        key,
-        state,
-        data,
-        epoch_fn=epoch_fn,
-        epochs=epochs,
-        checkpoint_dir=Path(config.out) / "checkpoints",
-        resume=bool(getattr(config, "resume", False)),
-        fingerprint=fingerprint,
-        evaluate=evaluate,
-        eval_every=eval_every,
-        desc=Path(config.out).name,
-    )
+    with checkpoint_errors():  # a corrupted checkpoint: one ValueError naming the fix
+        state, history = training.fit(
+            key,
+            state,
+            data,
+            epoch_fn=epoch_fn,
+            epochs=epochs,
+            checkpoint_dir=Path(config.out) / "checkpoints",
+            resume=bool(getattr(config, "resume", False)),
+            fingerprint=fingerprint,
+            evaluate=evaluate,
+            eval_every=eval_every,
+            desc=Path(config.out).name,
+            commit=False,  # StepOutput(checkpoints=True) commits them once the outputs are written
+        )
     return state, history, time.perf_counter() - start
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments._common import StepOutput, cli, plt
+from experiments._common import StepOutput, check_checkpoints, check_config, checkpoint_errors, cli, plt
 
 QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS = 2000, 500, 3
 
@@ -75,7 +75,13 @@ def trained_dataset(out: str | Path = "outputs/cnn") -> str:
         raise FileNotFoundError(
             f"no finished CNN run in {out} (no config.json); run `python -m experiments.cnn`"
         )
-    return str(json.loads(path.read_text())["dataset"])
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8"))["dataset"])
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(
+            f"{path} is not a CNN run's config (unreadable JSON or no 'dataset'); run "
+            "`python -m experiments.cnn` into that folder again"
+        ) from None
 
 
 def _validate(config: Config):
@@ -92,6 +98,8 @@ def _validate(config: Config):
         raise ValueError(f"--lr must be > 0, got {config.lr}")
     if config.resume and config.backend != "jax":
         raise ValueError("--resume needs --backend jax (the numpy reference keeps no checkpoints)")
+    if config.backend == "jax":
+        check_checkpoints(config)
     ds = load_dataset(config.dataset, data_dir=config.data_dir)
     x_train, y_train, x_test, y_test = ds.x_train, ds.y_train, ds.x_test, ds.y_test
     if config.quick:
@@ -144,18 +152,20 @@ def _train_jax(config: Config, epochs: int, x_train, y_train, x_test, y_test, pr
         "lr": config.lr,
         "seed": config.seed,
     }
-    state, history = training.fit(
-        key_train,
-        state,
-        data,
-        epoch_fn=epoch_fn,
-        epochs=epochs,
-        checkpoint_dir=Path(config.out) / "checkpoints",
-        resume=config.resume,
-        fingerprint=fingerprint,
-        evaluate=test_accuracy,
-        progress=False,  # the step's own bar below
-    )
+    with checkpoint_errors():
+        state, history = training.fit(
+            key_train,
+            state,
+            data,
+            epoch_fn=epoch_fn,
+            epochs=epochs,
+            checkpoint_dir=Path(config.out) / "checkpoints",
+            resume=config.resume,
+            fingerprint=fingerprint,
+            evaluate=test_accuracy,
+            progress=False,  # the step's own bar below
+            commit=False,  # StepOutput(checkpoints=True) commits them once the outputs are written
+        )
     curves = {
         "train_loss": history["loss"],
         "test_accuracy": [row["test_accuracy"] for row in history["eval"]],
@@ -191,6 +201,7 @@ def _train_numpy(config: Config, epochs: int, x_train, y_train, x_test, y_test, 
 
 
 def main(config: Config) -> dict:
+    check_config(config)
     x_train, y_train, x_test, y_test = _validate(config)
     epochs = min(config.epochs, QUICK_EPOCHS) if config.quick else config.epochs
 
@@ -218,7 +229,7 @@ def main(config: Config) -> dict:
     np.add.at(confusion, (y_test, preds), 1)
     accuracy = float(np.mean(preds == y_test))
 
-    with StepOutput(config) as out:
+    with StepOutput(config, checkpoints=config.backend == "jax") as out:
         training.save_params(out.path("params"), params)
         if out.plots:
             _plot_curves(out, config, history)

@@ -1,4 +1,8 @@
-"""The self-contained HTML report of a run of all steps (figures embedded as base64 PNG)."""
+"""The self-contained HTML report of a run of all steps (figures embedded as base64 PNG).
+
+The page is written through a temporary file and ``os.replace``: a reader (or a crash) never sees a
+half-written report.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import platform
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from experiments._common import write_text
 
 MAX_LIST = 12  # list metrics longer than this are shown shortened
 
@@ -48,7 +54,12 @@ def _step_html(result: StepResult) -> str:
         return "".join(parts)
     metrics_file = result.folder / "metrics.json"
     if metrics_file.is_file():
-        metrics = json.loads(metrics_file.read_text())
+        try:
+            metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+        except ValueError as err:  # never written by this version (staged, strict JSON); say so
+            metrics = {"unreadable metrics.json": f"{err}; run the step again"}
+        if not isinstance(metrics, dict):
+            metrics = {"unreadable metrics.json": "not a JSON object; run the step again"}
         rows = "".join(
             f"<tr><td>{html.escape(k)}</td><td>{html.escape(_fmt(v))}</td></tr>" for k, v in metrics.items()
         )
@@ -91,7 +102,4 @@ def write_report(results: list[StepResult], path: Path, *, quick: bool, seed: in
         f"<style>{style}</style></head><body><h1>dlx-jax: every step</h1>{header}<ol>{toc}</ol>{body}"
         "</body></html>"
     )
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text(path, page)

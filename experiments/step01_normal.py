@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlx_jax import distributions as D
-from experiments._common import StepOutput, cli, plt
+from experiments._common import StepOutput, check_config, cli, plt
 
 CLT_NS = (1, 2, 4, 10)
 
@@ -41,6 +41,7 @@ def _ks_distance(cdf_fn, samples: np.ndarray, mu: float, sigma: float) -> float:
 
 
 def main(config: Config) -> dict:
+    check_config(config)
     if config.trials < 10:
         raise ValueError(f"--trials must be >= 10 to draw a histogram, got {config.trials}")
     if config.bins < 2:

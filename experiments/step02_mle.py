@@ -9,8 +9,8 @@ import jax
 import numpy as np
 
 from dlx_jax import distributions as D
-from dlx_jax.data import load_galton_heights, load_table
-from experiments._common import StepOutput, cli, plt
+from dlx_jax.data import check_sample, load_galton_heights, load_table
+from experiments._common import StepOutput, check_config, cli, plt
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,12 @@ def load_data(config: Config) -> tuple[np.ndarray, str]:
     x = load_table(config.data, ncols=1)
     if x.size < 2:
         raise ValueError(f"{config.data} holds {x.size} value; fitting a normal needs at least 2")
+    check_sample(x, source=f"--data {config.data}")  # float64 fit: magnitude, and a positive variance
     return x, str(config.data)
 
 
 def main(config: Config) -> dict:
+    check_config(config)
     if config.n_generated < 1:
         raise ValueError(f"--n-generated must be >= 1, got {config.n_generated}")
     if config.bins < 2:

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlx_jax import distributions as D
-from dlx_jax.data import load_galton_father_son, load_table
-from experiments._common import StepOutput, cli, plt
+from dlx_jax.data import check_sample, load_galton_father_son, load_table
+from experiments._common import StepOutput, check_config, cli, plt
 
 BOOK_MU = (0.5, -0.2)
 BOOK_COV = ((2.0, 0.3), (0.3, 0.5))
@@ -46,6 +46,14 @@ def load_data(config: Config) -> tuple[np.ndarray, str, tuple[str, str]]:
     x = load_table(config.data, ncols=2)
     if x.shape[0] < 3:
         raise ValueError(f"{config.data} holds {x.shape[0]} rows; a 2-D covariance fit needs at least 3")
+    check_sample(x, source=f"--data {config.data}")  # float64 fit: magnitude, each column varies
+    corr = np.corrcoef(x, rowvar=False)[0, 1]
+    if not 1.0 - corr**2 > 1e-12:
+        raise ValueError(
+            f"--data {config.data}: the two columns are collinear (correlation {corr:+.12g}), so their "
+            "covariance is singular (not positive definite) and no 2-D normal fits them; pass data whose "
+            "columns are not linear functions of each other"
+        )
     return x, str(config.data), ("x₁", "x₂")
 
 
@@ -55,6 +63,7 @@ def _grid(lo: np.ndarray, hi: np.ndarray, size: int) -> tuple[np.ndarray, np.nda
 
 
 def main(config: Config) -> dict:
+    check_config(config)
     if config.grid_size < 5:
         raise ValueError(f"--grid-size must be >= 5, got {config.grid_size}")
     if config.n_generated < 0:

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlx_jax import mixture
-from dlx_jax.data import load_old_faithful, load_table
-from experiments._common import StepOutput, cli, plt
+from dlx_jax.data import check_sample, load_old_faithful, load_table
+from experiments._common import StepOutput, check_config, cli, plt
 from experiments._plots import data_vs_samples, gmm_density_grid
 
 # The book's parameters (chapter 4), fitted to Old Faithful (eruption minutes, waiting minutes).
@@ -40,6 +40,7 @@ class Config:
 
 
 def main(config: Config) -> dict:
+    check_config(config)
     if config.n_samples < 1:
         raise ValueError(f"--n-samples must be >= 1, got {config.n_samples}")
     if config.grid < 2:
@@ -47,6 +48,8 @@ def main(config: Config) -> dict:
     data = load_old_faithful() if config.data is None else load_table(config.data, ncols=2)
     if data.ndim != 2 or data.shape[0] < 1:
         raise ValueError(f"--data needs at least one row of 2 columns, got shape {data.shape}")
+    # shown beside the book's GMM: its log-density and the figure grid need values far from overflow
+    check_sample(data, source=f"--data {config.data}", dtype=np.float32, spread=False)
     grid = 30 if config.quick else config.grid
 
     with jax.enable_x64(True):

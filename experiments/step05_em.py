@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlx_jax import mixture
-from dlx_jax.data import load_old_faithful, load_table
-from experiments._common import StepOutput, cli, plt
+from dlx_jax.data import check_sample, load_old_faithful, load_table
+from experiments._common import StepOutput, check_config, cli, plt
 from experiments._plots import data_vs_samples, gmm_density_grid
 
 BOOK_WEIGHTS = (0.5, 0.5)
@@ -49,6 +49,7 @@ class Config:
 
 
 def main(config: Config) -> dict:
+    check_config(config)
     if config.tol < 0 or config.floor < 0 or config.reg_covar < 0:
         raise ValueError(
             f"--tol, --floor and --reg-covar must be >= 0, got {config.tol}, {config.floor}, "
@@ -63,6 +64,7 @@ def main(config: Config) -> dict:
     data = load_old_faithful() if config.data is None else load_table(config.data, ncols=2)
     if data.ndim != 2 or data.shape[0] < 2:
         raise ValueError(f"--data needs at least 2 rows of 2 columns for k = 2, got shape {data.shape}")
+    check_sample(data, source=f"--data {config.data}")  # float64 EM: magnitude, each column varies
 
     with jax.enable_x64(True):
         x = jnp.asarray(data)

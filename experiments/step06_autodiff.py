@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from dlx_jax import nn, training
-from experiments._common import StepOutput, cli, plt
+from experiments._common import StepOutput, check_config, cli, plt
 
 ROSENBROCK_START = (0.0, 2.0)
 
@@ -195,6 +195,7 @@ def run_all(
 
 
 def main(config: Config) -> dict:
+    check_config(config)
     _validate(config)
     # Quick mode keeps the book's iteration counts (10,000 scan steps of a 100-point problem take
     # milliseconds; compilation dominates) and only coarsens the figures.

@@ -25,7 +25,7 @@ import numpy as np
 
 from dlx_jax import vae
 from dlx_jax.data import batch_indices
-from experiments._common import StepOutput, cli
+from experiments._common import StepOutput, check_checkpoints, cli
 from experiments._generative import (
     evaluate,
     figures,
@@ -107,8 +107,9 @@ def train_torch(
 
 def main(config: Config) -> dict:
     validate_config(config)
-    data = load_images(config)
     with_torch = _torch_wanted(config)
+    check_checkpoints(config)
+    data = load_images(config)
     epochs, iwae_k = settings(config)
 
     key_init, key_train, key_eval, key_plot = jax.random.split(jax.random.key(config.seed), 4)
@@ -138,7 +139,7 @@ def main(config: Config) -> dict:
         )
         curves["PyTorch (book's code)"] = torch_history
 
-    with StepOutput(config) as out:
+    with StepOutput(config, checkpoints=True) as out:
         if out.plots:
             figures(out, vae, params, data, key_plot, "VAE", curves, metrics["test_loss"])
         return out.finish(metrics)

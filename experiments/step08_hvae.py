@@ -17,7 +17,7 @@ from typing import Any
 import jax
 
 from dlx_jax import hvae
-from experiments._common import StepOutput, cli
+from experiments._common import StepOutput, check_checkpoints, cli
 from experiments._generative import (
     evaluate,
     figures,
@@ -61,6 +61,7 @@ class Config:
 
 def main(config: Config) -> dict:
     validate_config(config)
+    check_checkpoints(config)
     data = load_images(config)
     epochs, iwae_k = settings(config)
 
@@ -80,7 +81,7 @@ def main(config: Config) -> dict:
         }
     )
 
-    with StepOutput(config) as out:
+    with StepOutput(config, checkpoints=True) as out:
         if out.plots:
             figures(
                 out,

@@ -23,7 +23,7 @@ import numpy as np
 
 from dlx_jax import diffusion
 from experiments import _diffusion as D
-from experiments._common import StepOutput, cli, plt
+from experiments._common import StepOutput, check_checkpoints, cli, plt
 
 BOOK_FINAL_LOSS = 0.0181
 
@@ -91,6 +91,7 @@ def forward_figure(out: StepOutput, config: Config, rows: dict[str, list[np.ndar
 
 def main(config: Config) -> dict:
     D.validate(config)
+    check_checkpoints(config)
     data = D.load_images(config)
     sizes = D.settings(config)
     key_fwd, key_train, key_judge, key_s = jax.random.split(jax.random.key(config.seed), 4)
@@ -141,7 +142,7 @@ def main(config: Config) -> dict:
         else ""
     )
 
-    with StepOutput(config) as out:
+    with StepOutput(config, checkpoints=True) as out:
         if out.plots:
             forward_figure(out, config, rows)
             D.show_grid(

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from experiments import _diffusion as D
-from experiments._common import StepOutput, cli, plt
+from experiments._common import StepOutput, check_checkpoints, cli, plt
 
 BOOK_FINAL_LOSS = 0.0176  # the book's CFG model (conditional without dropping: 0.0178)
 
@@ -71,6 +71,7 @@ def validate(config: Config) -> list[float]:
     gammas = parse_gammas(config.gammas)
     if config.gamma not in gammas:
         gammas.append(config.gamma)
+    check_checkpoints(config)  # last: it notes a --resume with nothing to resume
     return gammas
 
 
@@ -160,7 +161,7 @@ def main(config: Config) -> dict:
         "quick mode: width 8, 2 epochs on 1,000 digits, 20 samples per γ" if config.quick else ""
     )
 
-    with StepOutput(config) as out:
+    with StepOutput(config, checkpoints=True) as out:
         if out.plots:
             figures(out, config, history, shown, gammas, accuracy, per_class, base["judge_test_accuracy"])
         return out.finish(m)

@@ -46,10 +46,9 @@ def test_a_failing_step_is_reported_and_sets_the_exit_code(tmp_path, monkeypatch
     assert (tmp_path / "step02_mle" / "metrics.json").is_file()  # the other step still ran
 
 
-def test_unknown_step_is_a_cli_error(tmp_path):
-    with pytest.raises(SystemExit) as exc:
-        runner.main(["--out", str(tmp_path), "--only", "step99_nope"])
-    assert exc.value.code == 2
+def test_unknown_step_is_a_cli_error(tmp_path, capsys):
+    assert runner.main(["--out", str(tmp_path), "--only", "step99_nope"]) == 2
+    assert "error: --only 'step99_nope': unknown step(s)" in capsys.readouterr().err
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +78,37 @@ def test_step_output_moves_files_only_on_success(tmp_path):
     with StepOutput(_Cfg(out=str(out_dir))) as out:
         out.path("a.txt").write_text("a")
         out.finish({"x": 1.5})
-    assert sorted(p.name for p in out_dir.iterdir()) == ["a.txt", "config.json", "metrics.json"]
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        ".outputs.json",
+        "a.txt",
+        "config.json",
+        "metrics.json",
+    ]
+    assert json.loads((out_dir / ".outputs.json").read_text())["files"] == [
+        "a.txt",
+        "config.json",
+        "metrics.json",
+    ]
     assert [p.name for p in tmp_path.iterdir()] == ["step"]
+
+
+def test_a_rerun_removes_what_it_no_longer_writes_and_keeps_everything_else(tmp_path):
+    out_dir = tmp_path / "step"
+    out_dir.mkdir()
+    (out_dir / "mine.txt").write_text("a user's file")
+    (out_dir / "checkpoints").mkdir()
+    with StepOutput(_Cfg(out=str(out_dir))) as out:
+        out.path("fig.png").write_text("old figure")
+        out.path("params").mkdir()
+        out.finish({"x": 1.0})
+    with StepOutput(_Cfg(out=str(out_dir), plots=False)) as out:  # e.g. --no-plots: no figure
+        out.path("params").mkdir()
+        (out.path("params") / "w").write_text("new")
+        out.finish({"x": 2.0})
+    names = sorted(p.name for p in out_dir.iterdir())
+    assert names == [".outputs.json", "checkpoints", "config.json", "metrics.json", "mine.txt", "params"]
+    assert (out_dir / "params" / "w").read_text() == "new"
+    assert json.loads((out_dir / "metrics.json").read_text()) == {"x": 2.0}
 
 
 def test_non_finite_metric_is_an_error_and_writes_nothing(tmp_path):

@@ -110,6 +110,30 @@ def test_a_diverged_run_leaves_an_earlier_good_run_untouched(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no partial or staging folder left
 
 
+def test_a_run_killed_after_training_keeps_old_outputs_with_old_checkpoints(tmp_path, monkeypatch):
+    """Checkpoints are committed only with the outputs; --resume then writes them without training."""
+    out = tmp_path / "k"
+    cfg = replace(step07_vae.Config(), plots=False, out=str(out), **FAST)
+    step07_vae.main(cfg)
+    before = snapshot(out)
+    with monkeypatch.context() as m:  # fails after training, before any output is written
+        m.setattr(step07_vae, "evaluate", lambda *a, **k: (_ for _ in ()).throw(Interrupted()))
+        with pytest.raises(Interrupted):
+            step07_vae.main(replace(cfg, epochs=3))
+    assert {k: v for k, v in snapshot(out).items() if not k.startswith("checkpoints.partial/")} == before
+    assert training.latest_checkpoint(out / "checkpoints.partial") == 3
+    with monkeypatch.context() as m:
+
+        def no_training(*args, **kwargs):
+            raise AssertionError("a finished run must not train again")
+
+        m.setattr(training, "make_epoch_fn", lambda *args, **kwargs: no_training)
+        resumed = step07_vae.main(replace(cfg, epochs=3, resume=True))
+    full = step07_vae.main(replace(cfg, epochs=3, out=str(tmp_path / "full")))
+    assert resumed["loss_history"] == full["loss_history"] and resumed["test_loss"] == full["test_loss"]
+    assert training.latest_checkpoint(out / "checkpoints") == 3 and not (out / "checkpoints.partial").exists()
+
+
 def test_shared_helpers_for_the_generative_steps():
     cfg = replace(step07_vae.Config(), quick=True)
     flat, images = _generative.load_images(cfg), _generative.load_images(cfg, flat=False, quick_train=50)

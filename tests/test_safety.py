@@ -22,10 +22,10 @@ from pathlib import Path
 
 import jax
 import pytest
+from test_experiments_vae import assert_bitwise_equal
 
 from dlx_jax import cnn, training
 from experiments.report import StepResult, write_report
-from test_experiments_vae import assert_bitwise_equal
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("dlx_jax", "experiments", "reference_numpy")
@@ -44,7 +44,9 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
 def test_sigkill_mid_epoch_then_resume_gives_bit_identical_params(tmp_path):
     env = {**os.environ, "TQDM_DISABLE": "1"}
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(_cnn_command(cut), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _cnn_command(cut), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     partial = cut / "checkpoints.partial"
     deadline = time.monotonic() + 300
     try:
@@ -72,7 +74,9 @@ def test_sigkill_mid_epoch_then_resume_gives_bit_identical_params(tmp_path):
     assert full.returncode == 0, full.stderr[-2000:]
 
     like = cnn.init_params(jax.random.key(0))
-    assert_bitwise_equal(training.load_params(cut / "params", like), training.load_params(tmp_path / "full" / "params", like))
+    assert_bitwise_equal(
+        training.load_params(cut / "params", like), training.load_params(tmp_path / "full" / "params", like)
+    )
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (cut, tmp_path / "full"))
     for key in ("train_loss_history", "test_accuracy_history", "confusion_matrix"):
         assert a[key] == b[key], key
@@ -97,7 +101,13 @@ def test_no_package_code_unpickles_or_evaluates_file_contents():
 
 
 def test_the_pattern_catches_what_it_is_meant_to_catch():
-    for bad in ("import pickle", "np.load(f, allow_pickle=True)", "eval(text)", "yaml.load(s)", "torch.load(p)"):
+    for bad in (
+        "import pickle",
+        "np.load(f, allow_pickle=True)",
+        "eval(text)",
+        "yaml.load(s)",
+        "torch.load(p)",
+    ):
         assert _UNSAFE.search(bad), bad
     for fine in ("model.eval()", "json.loads(text)", "literal_eval_free = 1"):
         assert not _UNSAFE.search(fine), fine
@@ -109,7 +119,9 @@ def test_the_report_escapes_every_string_it_embeds(tmp_path):
     step.mkdir()
     (step / "metrics.json").write_text(json.dumps({evil: evil, "note": f"a {evil} b"}))
     ok = StepResult("step01_normal", True, 1.0, f"summary {evil}", step)
-    failed = StepResult("step02_mle", False, 1.0, f"ValueError: {evil}", tmp_path / "none", f"Traceback {evil}")
+    failed = StepResult(
+        "step02_mle", False, 1.0, f"ValueError: {evil}", tmp_path / "none", f"Traceback {evil}"
+    )
     page = write_report([ok, failed], tmp_path / "report.html", quick=True, seed=0).read_text()
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # written via temp + rename
