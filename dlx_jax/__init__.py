@@ -6,3 +6,15 @@ caller decides what to ``jax.jit`` / ``jax.vmap``.
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["checked"]
+
+
+def __getattr__(name: str):
+    # ``dlx_jax.checked`` (the opt-in checked mode of dlx_jax._checks) without importing JAX at
+    # package import time
+    if name == "checked":
+        from dlx_jax._checks import checked
+
+        return checked
+    raise AttributeError(f"module 'dlx_jax' has no attribute {name!r}")

@@ -1,31 +1,200 @@
 """Argument checks shared by several library modules (one place, one wording of each error).
 
 Shape and setting checks (:func:`check_sizes`, :func:`check_num_samples`, :func:`check_last_axis`,
-:func:`check_float`) read only static information and so work at trace time inside ``jax.jit``.
-:func:`validate_images` checks *values* (range, NaN) and therefore needs a concrete array: call it
-before jitting, as the experiments do. Every check raises ``ValueError`` with the expected value
-and the fix.
+:func:`check_float`, :func:`check_broadcast`) read only static information and so work at trace
+time inside ``jax.jit``. Every check raises ``ValueError`` naming the problem and the fix.
+
+**Value checks** (:func:`check_finite`, :func:`check_unit_interval`, :func:`check_class_labels`,
+:func:`require`) need numbers. They run in two modes:
+
+* on a concrete array (eager calls, constants closed over under ``jit``) they check the values on
+  the host and raise ``ValueError`` at once;
+* on a tracer (under ``jit``/``vmap``/``grad``) values do not exist yet, so they only record a
+  :func:`jax.experimental.checkify.debug_check`. That is a no-op (XLA removes the predicate:
+  jitted hot paths are not slowed down) unless the function is run through :func:`checked`, the
+  opt-in checked mode, which turns a failed check inside compiled code into one error.
+
+:func:`validate_images` checks a whole image batch (shape, dtype, range, NaN) and needs a concrete
+array: call it before jitting, as the experiments do.
+
+Checked mode, e.g. for an out-of-range label inside a jitted loss::
+
+    from dlx_jax import checked, cnn
+    loss = checked(lambda p, x, y, m: cnn.loss(p, x, y, dropout_mask=m))   # jitted inside
+    loss(params, x, y, mask)   # ValueError: labels y must lie in 0..9 ... (`check` failed)
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
-__all__ = ["check_float", "check_last_axis", "check_num_samples", "check_sizes", "validate_images"]
+__all__ = [
+    "check_broadcast",
+    "check_class_labels",
+    "check_finite",
+    "check_flat_pixels",
+    "check_float",
+    "check_last_axis",
+    "check_num_samples",
+    "check_sizes",
+    "check_unit_interval",
+    "checked",
+    "is_concrete",
+    "require",
+    "validate_images",
+]
+
+PIXEL_FIX = "scale pixels to [0, 1] (divide 0-255 images by 255, e.g. with dlx_jax.data.to_float_images)"
+
+
+def is_concrete(*values: object) -> bool:
+    """True when no argument is a JAX tracer, i.e. its numbers can be inspected now."""
+    return not any(isinstance(v, jax.core.Tracer) for leaf in values for v in jax.tree_util.tree_leaves(leaf))
+
+
+def _escape(message: str) -> str:
+    # checkify formats its messages with str.format: keep literal braces literal
+    return message.replace("{", "{{").replace("}", "}}")
+
+
+def require(ok: Callable[[Any, Any], Any], x: Any, message: str | Callable[[np.ndarray], str]) -> None:
+    """Check ``ok(xp, x)`` (``xp`` is ``numpy`` or ``jax.numpy``) on a concrete or traced ``x``.
+
+    Concrete ``x``: evaluate with numpy and raise ``ValueError(message)`` when false (``message``
+    may be a function of the numpy array, to quote the offending values). Traced ``x``: record a
+    ``checkify.debug_check`` that only :func:`checked` turns into an error (a no-op otherwise).
+    """
+    if is_concrete(x):
+        arr = np.asarray(x)
+        if not bool(ok(np, arr)):
+            raise ValueError(message(arr) if callable(message) else message)
+    else:
+        text = message(None) if callable(message) else message
+        checkify.debug_check(jnp.all(ok(jnp, x)), _escape(text))
+
+
+def check_finite(name: str, x: Any, fix: str = "remove or impute the NaN/inf entries") -> None:
+    """``x`` must hold no NaN or ±inf (see :func:`require` for concrete vs traced ``x``)."""
+    require(
+        lambda xp, a: xp.all(xp.isfinite(a)) if xp.size(a) else True,
+        x,
+        f"{name} contains NaN or infinite values; {fix}",
+    )
+
+
+def check_unit_interval(name: str, x: Any, fix: str = PIXEL_FIX) -> None:
+    """Pixel values must lie in ``[0, 1]`` and be finite (e.g. not 0-255 images)."""
+
+    def message(arr: np.ndarray | None) -> str:
+        if arr is None:
+            return f"{name} has values outside [0, 1] (or NaN); {fix}"
+        if not np.isfinite(arr).all():
+            return f"{name} contains NaN or infinite values; expected pixels in [0, 1]; {fix}"
+        return f"{name} has values in [{float(arr.min()):g}, {float(arr.max()):g}], outside [0, 1]; {fix}"
+
+    require(lambda xp, a: xp.all((a >= 0) & (a <= 1)) if xp.size(a) else True, x, message)
+
+
+def check_class_labels(labels: Any, *, n: int | None, num_classes: int, name: str = "labels") -> None:
+    """Integer class labels of shape ``(n,)`` with values in ``0..num_classes - 1``.
+
+    Dtype and shape are checked statically (also under ``jit``); values when concrete, or in
+    :func:`checked` mode. Under plain ``jit`` an out-of-range label cannot be detected: it gives
+    NaN (``>= num_classes``) or silently picks another class (negative, wrapped around).
+    """
+    if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+        raise ValueError(
+            f"{name} must be integer class indices in 0..{num_classes - 1}, got dtype "
+            f"{jnp.result_type(labels)}; pass e.g. jnp.asarray({name}, jnp.int32)"
+        )
+    if n is not None and jnp.shape(labels) != (n,):
+        raise ValueError(
+            f"{name} must have shape ({n},), one label per example, got {jnp.shape(labels)}; "
+            "pass as many labels as examples"
+        )
+
+    def message(arr: np.ndarray | None) -> str:
+        got = "" if arr is None else f", got values in {int(arr.min())}..{int(arr.max())}"
+        return (
+            f"{name} must lie in 0..{num_classes - 1} (class indices){got}; fix or drop the "
+            f"out-of-range labels (e.g. jnp.clip or a mask)"
+        )
+
+    require(lambda xp, a: xp.all((a >= 0) & (a < num_classes)) if xp.size(a) else True, labels, message)
+
+
+def check_broadcast(**shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """The named shapes must broadcast together; returns the broadcast shape."""
+    try:
+        return jnp.broadcast_shapes(*shapes.values())
+    except ValueError:
+        listed = ", ".join(f"{k} {tuple(v)}" for k, v in shapes.items())
+        raise ValueError(
+            f"shapes do not broadcast: {listed}; pass arrays of the same shape (or add size-1 axes)"
+        ) from None
+
+
+def checked(
+    fn: Callable[..., Any],
+    *,
+    jit: bool = True,
+    static_argnames: str | Iterable[str] | None = None,
+    nan_checks: bool = False,
+) -> Callable[..., Any]:
+    """Opt-in checked mode: ``fn`` with its value checks active inside compiled code.
+
+    Under plain ``jax.jit`` the library cannot look at values (an out-of-range label gives NaN, a
+    non-positive-definite covariance gives NaN, a 0-255 image gives a huge loss). Wrapping the
+    *undecorated* function with ``checked`` runs it through :func:`jax.experimental.checkify`, which
+    activates those checks as part of the compiled program; the wrapper raises one ``ValueError``
+    (``checkify.JaxRuntimeError``) naming the problem and the fix after the call returns, or
+    returns ``fn``'s result.
+
+    Args:
+        fn: the function to check (undecorated: wrap it, then let ``checked`` jit it; a function
+            that was already ``jax.jit``-ed may reuse a trace made without the checks).
+        jit: (default ``True``) compile the checked function with ``jax.jit``.
+        static_argnames: passed to ``jax.jit`` (e.g. ``"num_samples"``).
+        nan_checks: also fail on the first primitive that produces a NaN
+            (``checkify.nan_checks``), for finding where a NaN comes from.
+
+    Returns:
+        A function with ``fn``'s arguments that returns ``fn``'s result or raises ``ValueError``.
+        It costs an extra output per check and so is meant for debugging, not the hot loop.
+
+    Limitation: checkify cannot transform a ``while_loop`` inside ``vmap`` (e.g.
+    ``mixture.fit_restarts``); such functions raise a ``ValueError`` saying so. Check them eagerly.
+    """
+    errors = checkify.user_checks | (checkify.nan_checks if nan_checks else frozenset())
+    checkified = checkify.checkify(fn, errors=errors)
+    run = jax.jit(checkified, static_argnames=static_argnames) if jit else checkified
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        err, out = run(*args, **kwargs)
+        err.throw()
+        return out
+
+    return wrapper
 
 
 def check_sizes(**sizes: int) -> None:
     """Every keyword is a layer size that must be an integer >= 1 (e.g. ``latent_dim=20``)."""
     for name, value in sizes.items():
-        if not isinstance(value, int | np.integer) or value < 1:
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}; pass e.g. {name}=20")
 
 
 def check_num_samples(num_samples: int) -> None:
     """``num_samples`` (a static sample count) must be an integer >= 1."""
-    if not isinstance(num_samples, int | np.integer) or num_samples < 1:
+    if not isinstance(num_samples, int | np.integer) or isinstance(num_samples, bool) or num_samples < 1:
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}; pass e.g. num_samples=1")
 
 
@@ -36,6 +205,13 @@ def check_last_axis(x, width: int) -> None:
             f"x has shape {tuple(jnp.shape(x))} but the model expects (..., {width}); "
             f"flatten images to (n, {width}) with x.reshape(len(x), -1)"
         )
+
+
+def check_flat_pixels(x, width: int, name: str = "x") -> None:
+    """Flattened float images ``(..., width)`` with pixels in ``[0, 1]`` (values: concrete or checked)."""
+    check_last_axis(x, width)
+    check_float(name, x)
+    check_unit_interval(name, x)
 
 
 def check_float(name: str, x) -> None:
@@ -90,7 +266,7 @@ def validate_images(x, *, input_dim: int = 784, name: str = "images", flatten: b
             "e.g. with dlx_jax.data.to_float_images)"
         )
     if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contain NaN or infinite values; clean the data")
+        raise ValueError(f"{name} contain NaN or infinite values; clean the data (drop or impute them)")
     lo, hi = float(arr.min()), float(arr.max())
     if lo < 0.0 or hi > 1.0:
         raise ValueError(

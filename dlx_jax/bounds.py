@@ -14,7 +14,9 @@ any leading axes (written ``*n``); dtypes are preserved.
   - ``"continuous_bernoulli"``: the same plus the normalizer :math:`\\log C(\\lambda)` of the
     continuous Bernoulli (Loaiza-Ganem & Cunningham, 2019), a true log-density for ``x ∈ [0, 1]``.
 
-  Both are computed from logits with ``softplus``, never ``log(sigmoid)``.
+  Both are computed from logits with ``softplus``, never ``log(sigmoid)``. Pixels must lie in
+  ``[0, 1]``: that is checked when ``x`` is concrete (0-255 images would give a log-likelihood
+  of hundreds of thousands of nats, or ±inf); under ``jit`` only in ``dlx_jax.checked`` mode.
 * Diagonal Gaussians: :func:`diag_normal_log_pdf`, the closed-form :func:`gaussian_kl` to
   :math:`\\mathcal N(m, I)`, and :func:`posterior_log_pdf_from_noise`, the density of a
   reparameterised draw from its noise.
@@ -33,6 +35,8 @@ import math
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
+
+from dlx_jax._checks import check_broadcast, check_float, check_unit_interval
 
 __all__ = [
     "LIKELIHOODS",
@@ -61,8 +65,23 @@ def bernoulli_log_likelihood(logits: Float[Array, "*n d"], x: Float[Array, "*n d
         = \\sum_i x_i\\ell_i - \\mathrm{softplus}(\\ell_i)
 
     A log-probability in nats for ``x ∈ {0, 1}``; broadcasts ``logits`` against ``x``.
+
+    Raises:
+        ValueError: ``logits`` and ``x`` do not broadcast, or (concrete) ``x`` outside ``[0, 1]``.
     """
+    check_pixels(logits, x)
+    return _bernoulli(logits, x)
+
+
+def _bernoulli(logits: Array, x: Array) -> Array:
     return jnp.sum(x * logits - jax.nn.softplus(logits), axis=-1)
+
+
+def check_pixels(logits: Array, x: Array) -> None:
+    """``x`` (pixels in ``[0, 1]``) must broadcast against the decoder ``logits``."""
+    check_float("logits", logits)
+    check_broadcast(logits=jnp.shape(logits), x=jnp.shape(x))
+    check_unit_interval("x", x)
 
 
 def continuous_bernoulli_log_norm(logits: Float[Array, "*n d"]) -> Float[Array, "*n d"]:
@@ -90,18 +109,37 @@ def log_likelihood(
     """``log p(x | z)`` in nats from decoder logits, for ``likelihood`` (static) in :data:`LIKELIHOODS`.
 
     Raises:
-        ValueError: an unknown ``likelihood``.
+        ValueError: an unknown ``likelihood``, ``logits`` and ``x`` that do not broadcast, or
+            (concrete) ``x`` outside ``[0, 1]``.
     """
+    check_likelihood(likelihood)
+    check_pixels(logits, x)
+    return log_likelihood_unchecked(logits, x, likelihood)
+
+
+def check_likelihood(likelihood: str) -> None:
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood={likelihood!r} is not one of {LIKELIHOODS}; pick one of them")
-    ll = bernoulli_log_likelihood(logits, x)
+
+
+def log_likelihood_unchecked(logits: Array, x: Array, likelihood: str) -> Array:
+    """:func:`log_likelihood` without the argument checks (callers checked ``x`` once already)."""
+    ll = _bernoulli(logits, x)
     if likelihood == "continuous_bernoulli":
         ll = ll + jnp.sum(continuous_bernoulli_log_norm(logits), axis=-1)
     return ll
 
 
 def binarize(x: Float[Array, "*n d"], threshold: float = 0.5) -> Float[Array, "*n d"]:
-    """Static binarization ``x > threshold`` as ``x``'s dtype (for the Bernoulli likelihood)."""
+    """Static binarization ``x > threshold`` as ``x``'s dtype (for the Bernoulli likelihood).
+
+    Raises:
+        ValueError: ``threshold`` outside ``(0, 1)``, or (concrete) ``x`` outside ``[0, 1]`` (a
+            0-255 image would binarize to all ones).
+    """
+    if not 0.0 < float(threshold) < 1.0:
+        raise ValueError(f"threshold must lie in (0, 1), got {threshold!r}; pass e.g. threshold=0.5")
+    check_unit_interval("x", x)
     return (x > threshold).astype(x.dtype)
 
 
@@ -127,8 +165,12 @@ def gaussian_kl(
     Raises:
         ValueError: ``mu`` and ``logvar`` differ in shape.
     """
-    if mu.shape != logvar.shape:
-        raise ValueError(f"mu {mu.shape} and logvar {logvar.shape} must have the same shape")
+    if jnp.shape(mu) != jnp.shape(logvar):
+        raise ValueError(
+            f"mu {jnp.shape(mu)} and logvar {jnp.shape(logvar)} must have the same shape; pass the two "
+            "heads of one encoder"
+        )
+    check_broadcast(mu=jnp.shape(mu), prior_mean=jnp.shape(prior_mean))
     return 0.5 * jnp.sum(jnp.exp(logvar) + jnp.square(mu - prior_mean) - 1.0 - logvar, axis=-1)
 
 
@@ -137,7 +179,12 @@ def diag_normal_log_pdf(
     mu: Float[Array, "*n z"] | float = 0.0,
     logvar: Float[Array, "*n z"] | float = 0.0,
 ) -> Float[Array, "*n"]:
-    """:math:`\\log \\mathcal N(z; \\mu, \\mathrm{diag}\\,e^{\\log\\sigma^2})`, summed over the last axis."""
+    """:math:`\\log \\mathcal N(z; \\mu, \\mathrm{diag}\\,e^{\\log\\sigma^2})`, summed over the last axis.
+
+    Raises:
+        ValueError: ``z``, ``mu`` and ``logvar`` do not broadcast.
+    """
+    check_broadcast(z=jnp.shape(z), mu=jnp.shape(mu), logvar=jnp.shape(logvar))
     return -0.5 * jnp.sum(_LOG_2PI + logvar + jnp.square(z - mu) * jnp.exp(-logvar), axis=-1)
 
 
@@ -149,7 +196,11 @@ def posterior_log_pdf_from_noise(
 
     Since :math:`z - \\mu = \\sigma\\varepsilon`, the density needs only ``logvar`` and ``eps``:
     :math:`-\\tfrac12 \\sum_j (\\log 2\\pi + \\log\\sigma_j^2 + \\varepsilon_j^2)`.
+
+    Raises:
+        ValueError: ``logvar`` and ``eps`` do not broadcast.
     """
+    check_broadcast(logvar=jnp.shape(logvar), eps=jnp.shape(eps))
     return -0.5 * jnp.sum(_LOG_2PI + logvar + jnp.square(eps), axis=-1)
 
 
@@ -157,5 +208,14 @@ def posterior_log_pdf_from_noise(
 
 
 def iwae_from_log_weights(log_w: Float[Array, "k *n"]) -> Float[Array, "*n"]:  # noqa: UP037, F821
-    """:math:`\\log \\frac1k \\sum_i w_i` from ``k`` log weights on axis 0: ``logsumexp - log k``."""
+    """:math:`\\log \\frac1k \\sum_i w_i` from ``k`` log weights on axis 0: ``logsumexp - log k``.
+
+    Raises:
+        ValueError: ``log_w`` is a scalar or has no weights (``k = 0``).
+    """
+    if jnp.ndim(log_w) < 1 or jnp.shape(log_w)[0] < 1:
+        raise ValueError(
+            f"log_w must have shape (k, ...) with k >= 1 importance samples on axis 0, got "
+            f"{jnp.shape(log_w)}; pass at least one log weight per example"
+        )
     return jax.nn.logsumexp(log_w, axis=0) - math.log(log_w.shape[0])

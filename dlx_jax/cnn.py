@@ -41,6 +41,7 @@ from jax import lax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from dlx_jax import nn, training
+from dlx_jax._checks import check_class_labels, check_sizes, check_unit_interval
 
 __all__ = [
     "FEATURE_DIM",
@@ -116,15 +117,32 @@ def _check_params(params: Params) -> None:
 
 
 def _check_images(x: Array) -> Array:
+    """Shape and dtype (static), and pixels in ``[0, 1]`` (concrete, or ``dlx_jax.checked`` mode)."""
+    x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
     if jnp.ndim(x) == 3:
         x = x[..., None]
     if jnp.ndim(x) != 4 or x.shape[1:] != IMAGE_SHAPE:
-        raise ValueError(f"images must have shape (n, 28, 28, 1), got {jnp.shape(x)}")
+        raise ValueError(
+            f"images must have shape (n, 28, 28, 1), got {jnp.shape(x)}; resize to 28x28 and add the "
+            "batch/channel axes (x[None, ..., None])"
+        )
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(
             f"images must be float in [0, 1], got dtype {x.dtype}; use dlx_jax.data.to_float_images"
         )
+    check_unit_interval("images", x)
     return x
+
+
+def _check_labels(x: Array, y: Array) -> None:
+    """``y``: one integer label in ``0..9`` per image of ``x`` (counts and dtype static)."""
+    n = jnp.shape(x)[0] if jnp.ndim(x) >= 1 else None
+    if jnp.ndim(y) != 1 or jnp.shape(y)[0] != n:
+        raise ValueError(
+            f"labels y must have shape (n,) = ({n},), one per image, got {jnp.shape(y)}; "
+            "pass as many labels as images"
+        )
+    check_class_labels(y, n=n, num_classes=NUM_CLASSES, name="labels y")
 
 
 def features(
@@ -206,7 +224,18 @@ def loss(
     conv_impl: str = "im2col",
     pool_impl: str = "reshape",
 ) -> Float[Array, ""]:
-    """Mean softmax cross-entropy of the CNN in train mode (dropout from ``key`` or ``dropout_mask``)."""
+    """Mean softmax cross-entropy of the CNN in train mode (dropout from ``key`` or ``dropout_mask``).
+
+    Labels ``y`` must be ``(n,)`` integers in ``0..9``. Count and dtype are checked always; values
+    when concrete. Under ``jit`` an out-of-range label cannot be checked: it gives a NaN loss
+    (``>= 10``) or a wrong finite one (negative labels wrap around); wrap the loss with
+    ``dlx_jax.checked`` to get the ``ValueError`` inside compiled code. The same holds for images
+    outside ``[0, 1]``.
+
+    Raises:
+        ValueError: as :func:`apply`, plus labels of the wrong shape, dtype or (concrete) range.
+    """
+    _check_labels(_check_images(x), y)
     logits = apply(
         params,
         x,
@@ -241,14 +270,26 @@ def train_loss(
 def accuracy(
     params: Params, x: Float[Array, "n h w c"], y: Int[Array, " n"], **kwargs: Any
 ) -> Float[Array, ""]:
-    """Fraction of correctly classified images (eval mode, no dropout)."""
+    """Fraction of correctly classified images (eval mode, no dropout).
+
+    Raises:
+        ValueError: as :func:`apply`, plus labels that are not one integer in ``0..9`` per image
+            (count and dtype checked also under ``jit``, values when concrete).
+    """
+    _check_labels(_check_images(x), y)
     return jnp.mean(jnp.argmax(apply(params, x, **kwargs), axis=-1) == y)
 
 
 def predict(
     params: Params, x: Float[Array, "n h w c"], *, batch_size: int = 500, **kwargs: Any
 ) -> Int[Array, " n"]:
-    """Predicted labels, computed in ``lax.map`` batches of ``batch_size`` (static) to bound memory."""
+    """Predicted labels, computed in ``lax.map`` batches of ``batch_size`` (static) to bound memory.
+
+    Raises:
+        ValueError: as :func:`apply`, or ``batch_size`` is not an int >= 1.
+    """
+    check_sizes(batch_size=batch_size)
+    x = _check_images(x)
     n = x.shape[0]
     if n == 0:
         return jnp.zeros((0,), jnp.int32)
@@ -263,7 +304,12 @@ def predict(
 def evaluate(
     params: Params, x: Float[Array, "n h w c"], y: Int[Array, " n"], *, batch_size: int = 500, **kwargs: Any
 ) -> Float[Array, ""]:
-    """Accuracy over a whole set, evaluated in batches (see :func:`predict`)."""
+    """Accuracy over a whole set, evaluated in batches (see :func:`predict`).
+
+    Raises:
+        ValueError: as :func:`predict`, plus labels that are not one integer in ``0..9`` per image.
+    """
+    _check_labels(_check_images(x), y)
     return jnp.mean(predict(params, x, batch_size=batch_size, **kwargs) == y)
 
 

@@ -5,11 +5,20 @@ Dtypes are preserved (float32 in → float32 out, float64 in → float64 out; Py
 and follow the arrays; integers are promoted to the default float).
 
 Validation happens at trace time. Shape and rank errors always raise ``ValueError``. Value checks
-(``sigma > 0``, symmetric positive-definite covariance, positive ``scale_tril`` diagonal, NaN in
-data given to an MLE) need concrete numbers: they run when the argument is a concrete array
-(eager calls, or constants closed over under ``jit``) and are skipped for tracers. Under ``jit``
-a bad value therefore shows up as NaN (e.g. the Cholesky of a non-SPD matrix is all NaN) instead
-of an exception; validate in the caller (the experiments do) when that matters.
+(finite parameters, ``sigma > 0``, symmetric positive-definite covariance, positive ``scale_tril``
+diagonal, NaN or ±inf in data given to an MLE) need concrete numbers: they run when the argument
+is a concrete array (eager calls, or constants closed over under ``jit``) and are skipped for
+tracers. Under plain ``jit`` a bad value therefore shows up in the result instead of an exception:
+
+* a covariance that is not positive definite, or ``sigma <= 0``, gives NaN (or ±inf);
+* a covariance that is **not symmetric** is *not* detected: the Cholesky factorisation reads its
+  symmetric part :math:`(\Sigma + \Sigma^\top)/2`, so the result is the (finite) density of that
+  matrix — the same convention that makes gradients with respect to ``cov`` symmetric;
+* non-finite parameters give NaN or ±inf.
+
+To get these errors inside compiled code, run the function through the opt-in checked mode
+``dlx_jax.checked`` (``checked(mvn_logpdf)(x, mean, cov)`` raises ``ValueError`` for every case
+above); or validate in the caller (the experiments do).
 
 Multivariate normal with mean :math:`\mu` and covariance :math:`\Sigma = L L^\top` (``L`` the
 lower Cholesky factor, ``scale_tril``):
@@ -28,10 +37,12 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 from jax.scipy.special import ndtr
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from dlx_jax._checks import check_finite, require
 from dlx_jax._linalg import mahalanobis_sq
 
 __all__ = [
@@ -67,24 +78,46 @@ def _float_dtype(*values: ArrayLike) -> jnp.dtype:
 
 
 def _check_positive(value: ArrayLike, name: str) -> None:
-    if _is_concrete(value):
-        arr = np.asarray(value)
-        if not np.all(arr > 0):
-            bad = arr[~(arr > 0)].reshape(-1)[0]
-            raise ValueError(
-                f"{name} must be > 0 (a standard deviation), got {bad!r}; pass a positive {name} "
-                f"(e.g. the square root of a variance)"
-            )
+    """``value`` must be finite and > 0 (concrete: raise; traced: a ``checked``-mode check)."""
+
+    def message(arr: np.ndarray | None) -> str:
+        got = "" if arr is None else f", got {arr[~(np.isfinite(arr) & (arr > 0))].reshape(-1)[0].item()!r}"
+        return (
+            f"{name} must be > 0 and finite (a standard deviation){got}; pass a positive {name} "
+            f"(e.g. the square root of a variance)"
+        )
+
+    require(lambda xp, a: xp.all(xp.isfinite(a) & (a > 0)), value, message)
 
 
-def _check_no_nan(x: ArrayLike, name: str) -> None:
-    if _is_concrete(x) and np.isnan(np.asarray(x)).any():
-        raise ValueError(f"{name} contains NaN; drop or impute the missing values before fitting")
+def _check_finite_param(value: ArrayLike, name: str) -> None:
+    check_finite(name, value, f"pass a finite {name} (check how it was computed)")
+
+
+def _check_finite_data(x: ArrayLike, name: str) -> None:
+    check_finite(name, x, "drop or impute those samples before fitting")
+
+
+def _check_spd(cov: Array, scale_tril: Array) -> None:
+    """Under tracing only (concrete values are checked on the host): ``checked``-mode checks that
+    ``cov`` is symmetric and its Cholesky factor finite (positive definite)."""
+    if _is_concrete(cov):
+        return
+    tol = 1e3 * jnp.finfo(cov.dtype).eps * jnp.maximum(jnp.max(jnp.abs(cov)), 1.0)
+    sym = jnp.all(jnp.abs(cov - jnp.swapaxes(cov, -1, -2)) <= tol)
+    checkify.debug_check(sym, "cov is not symmetric; pass (cov + cov.T) / 2 or a proper covariance matrix")
+    checkify.debug_check(
+        jnp.all(jnp.isfinite(jnp.diagonal(scale_tril, 0, -2, -1))),
+        "cov is not positive definite (its Cholesky factorisation failed); add a small ridge "
+        "(reg_covar * I) to the diagonal or check for collinear features",
+    )
 
 
 def _check_ddof(ddof: int, n: int, what: str) -> None:
     if not isinstance(ddof, int | np.integer) or ddof < 0:
-        raise ValueError(f"ddof must be a non-negative int (0 = MLE, 1 = unbiased), got {ddof!r}")
+        raise ValueError(
+            f"ddof must be a non-negative int (0 = MLE, 1 = unbiased), got {ddof!r}; pass ddof=0 or ddof=1"
+        )
     if n <= ddof:
         raise ValueError(
             f"{what} needs more than ddof={ddof} samples, got n={n}; pass more data or a smaller ddof"
@@ -112,8 +145,10 @@ def scale_tril_from_cov(cov: Float[ArrayLike, "*batch d d"]) -> Float[Array, "*b
         ``L`` with the dtype of ``cov`` (float), shape ``(..., d, d)``.
 
     Raises:
-        ValueError: ``cov`` is not ``(..., d, d)``; or, when ``cov`` is concrete, it is not
-            symmetric or not positive definite (under ``jit`` the result is NaN instead).
+        ValueError: ``cov`` is not ``(..., d, d)``; or, when ``cov`` is concrete, it holds NaN
+            or ±inf, is not symmetric or is not positive definite. Under ``jit`` these are not
+            checked: a non-positive-definite ``cov`` gives NaN, a non-symmetric one the factor
+            of its symmetric part (see the module docstring; ``dlx_jax.checked`` raises instead).
     """
     cov = jnp.asarray(cov)
     cov = cov.astype(_float_dtype(cov))
@@ -122,12 +157,18 @@ def scale_tril_from_cov(cov: Float[ArrayLike, "*batch d d"]) -> Float[Array, "*b
     concrete = _is_concrete(cov)
     if concrete:
         c = np.asarray(cov)
-        if np.isnan(c).any():
-            raise ValueError("cov contains NaN; check how the covariance was computed")
+        if not np.isfinite(c).all():
+            raise ValueError(
+                "cov contains NaN or infinite values; check how the covariance was computed "
+                "(e.g. fit it with mvn_mle on finite data)"
+            )
         tol = 1e3 * np.finfo(c.dtype).eps * max(float(np.abs(c).max(initial=0.0)), 1.0)
         if not np.allclose(c, np.swapaxes(c, -1, -2), rtol=0.0, atol=tol):
             raise ValueError("cov is not symmetric; pass (cov + cov.T) / 2 or a proper covariance matrix")
+    else:
+        check_finite("cov", cov, "check how the covariance was computed")
     scale_tril = jnp.linalg.cholesky(cov)
+    _check_spd(cov, scale_tril)
     if (
         concrete
         and _is_concrete(scale_tril)
@@ -142,27 +183,31 @@ def scale_tril_from_cov(cov: Float[ArrayLike, "*batch d d"]) -> Float[Array, "*b
 
 def _resolve_scale_tril(cov: ArrayLike | None, scale_tril: ArrayLike | None, d: int) -> Array:
     if (cov is None) == (scale_tril is None):
-        raise ValueError("pass exactly one of cov= or scale_tril= (the lower Cholesky factor of cov)")
+        raise ValueError(
+            "pass exactly one of cov= or scale_tril= (the lower Cholesky factor of cov); drop the other one"
+        )
     if cov is not None:
         cov = jnp.asarray(cov)
         if cov.ndim < 2 or cov.shape[-2:] != (d, d):
             raise ValueError(
-                f"cov must have shape (..., {d}, {d}) to match mean/x with d={d}, got {cov.shape}"
+                f"cov must have shape (..., {d}, {d}) to match mean/x with d={d}, got {cov.shape}; "
+                "pass one d x d covariance per mean"
             )
         return scale_tril_from_cov(cov)
     scale_tril = jnp.asarray(scale_tril)
     scale_tril = scale_tril.astype(_float_dtype(scale_tril))
     if scale_tril.ndim < 2 or scale_tril.shape[-2:] != (d, d):
         raise ValueError(
-            f"scale_tril must have shape (..., {d}, {d}) to match mean/x with d={d}, got {scale_tril.shape}"
+            f"scale_tril must have shape (..., {d}, {d}) to match mean/x with d={d}, got {scale_tril.shape}; "
+            "pass one d x d factor per mean"
         )
-    if _is_concrete(scale_tril):
-        diag = np.diagonal(np.asarray(scale_tril), 0, -2, -1)
-        if not np.all(diag > 0):
-            raise ValueError(
-                "scale_tril must be lower triangular with a positive diagonal (a Cholesky factor); "
-                "pass jnp.linalg.cholesky(cov)"
-            )
+    check_finite("scale_tril", scale_tril, "pass jnp.linalg.cholesky(cov) of a finite covariance")
+    require(
+        lambda xp, a: xp.all(xp.diagonal(a, 0, -2, -1) > 0),
+        scale_tril,
+        "scale_tril must be lower triangular with a positive diagonal (a Cholesky factor); "
+        "pass jnp.linalg.cholesky(cov)",
+    )
     return scale_tril
 
 
@@ -209,10 +254,12 @@ def normal_logpdf(
         Log-densities of the broadcast shape, in the floating dtype of the inputs.
 
     Raises:
-        ValueError: ``sigma <= 0`` (checked when ``sigma`` is concrete; under ``jit`` the result
-            is NaN or inf instead).
+        ValueError: ``sigma <= 0`` or non-finite ``mu``/``sigma`` (checked when concrete; under
+            ``jit`` the result is NaN or inf instead, or an error in ``dlx_jax.checked`` mode).
+            ``x = ±inf`` is allowed (log-density ``-inf``, as in scipy).
     """
     _check_positive(sigma, "sigma")
+    _check_finite_param(mu, "mu")
     dtype = _float_dtype(x, mu, sigma)
     x, mu, sigma = (jnp.asarray(v, dtype) for v in (x, mu, sigma))
     z = (x - mu) / sigma
@@ -240,6 +287,7 @@ def normal_cdf(
     ``normal_cdf(-b, -mu, sigma)`` without cancellation.
     """
     _check_positive(sigma, "sigma")
+    _check_finite_param(mu, "mu")
     dtype = _float_dtype(x, mu, sigma)
     x, mu, sigma = (jnp.asarray(v, dtype) for v in (x, mu, sigma))
     return ndtr((x - mu) / sigma)
@@ -268,9 +316,11 @@ def sample_normal(
         Samples of shape ``shape``.
 
     Raises:
-        ValueError: ``shape`` does not broadcast with the parameters, or ``sigma <= 0`` (concrete).
+        ValueError: ``shape`` does not broadcast with the parameters, or ``sigma <= 0`` or
+            non-finite ``mu``/``sigma`` (concrete).
     """
     _check_positive(sigma, "sigma")
+    _check_finite_param(mu, "mu")
     dtype = _float_dtype(mu, sigma) if dtype is None else jnp.dtype(dtype)
     mu, sigma = jnp.asarray(mu, dtype), jnp.asarray(sigma, dtype)
     param_shape = jnp.broadcast_shapes(mu.shape, sigma.shape)
@@ -304,7 +354,7 @@ def normal_mle(
 
     Raises:
         ValueError: ``x`` is a scalar, ``axis`` is out of range, ``n <= ddof``, or (concrete)
-            ``x`` contains NaN.
+            ``x`` contains NaN or ±inf.
     """
     x = jnp.asarray(x)
     x = x.astype(_float_dtype(x))
@@ -315,7 +365,7 @@ def normal_mle(
             f"axis={axis} is out of range for x of shape {x.shape}; pass the axis that indexes samples"
         )
     _check_ddof(ddof, x.shape[axis], "normal_mle")
-    _check_no_nan(x, "x")
+    _check_finite_data(x, "x")
     mu = jnp.mean(x, axis=axis)
     centred = x - jnp.expand_dims(mu, axis)
     var = jnp.sum(centred * centred, axis=axis) / (x.shape[axis] - ddof)
@@ -354,15 +404,26 @@ def mvn_logpdf(
     Returns:
         Log-densities of the broadcast batch shape, in the floating dtype of the inputs.
 
+    ``x`` itself is not value-checked: a point at ±inf has log-density ``-inf`` (as in scipy)
+    and NaN propagates.
+
     Raises:
         ValueError: wrong ranks, mismatched ``d`` or non-broadcasting batch axes; both or
-            neither of ``cov``/``scale_tril``; and, when concrete, a non-symmetric or non-SPD
-            ``cov`` or a ``scale_tril`` with a non-positive diagonal (under ``jit`` these give NaN).
+            neither of ``cov``/``scale_tril``; and, when concrete, a non-finite ``mean``, a
+            non-finite, non-symmetric or non-SPD ``cov`` or a non-finite ``scale_tril`` or one
+            with a non-positive diagonal. Under ``jit`` these are not checked: a non-SPD ``cov``
+            or a bad ``scale_tril`` gives NaN, a non-symmetric ``cov`` is read as its symmetric
+            part :math:`(\Sigma + \Sigma^\top)/2` (a finite density); ``dlx_jax.checked``
+            turns each of them into this ``ValueError`` inside compiled code.
     """
     x, mean = jnp.asarray(x), jnp.asarray(mean)
     d = _check_vector(mean)
+    _check_finite_param(mean, "mean")
     if x.ndim < 1 or x.shape[-1] != d:
-        raise ValueError(f"x must have shape (..., d) with d={d} (the mean's last axis), got {x.shape}")
+        raise ValueError(
+            f"x must have shape (..., d) with d={d} (the mean's last axis), got {x.shape}; pass points with "
+            "the mean's number of features (x[:, None] for 1-D data)"
+        )
     scale_tril = _resolve_scale_tril(cov, scale_tril, d)
     dtype = _float_dtype(x, mean, scale_tril)
     x, mean, scale_tril = x.astype(dtype), mean.astype(dtype), scale_tril.astype(dtype)
@@ -415,6 +476,7 @@ def sample_mvn(
     """
     mean = jnp.asarray(mean)
     d = _check_vector(mean)
+    _check_finite_param(mean, "mean")
     scale_tril = _resolve_scale_tril(cov, scale_tril, d)
     dtype = _float_dtype(mean, scale_tril)
     mean, scale_tril = mean.astype(dtype), scale_tril.astype(dtype)
@@ -451,7 +513,7 @@ def mvn_mle(
         ``(mean (..., d), cov (..., d, d))``, ``cov`` exactly symmetric, in the dtype of ``x``.
 
     Raises:
-        ValueError: ``x`` has rank < 2, ``n <= ddof``, or (concrete) ``x`` contains NaN.
+        ValueError: ``x`` has rank < 2, ``n <= ddof``, or (concrete) ``x`` contains NaN or ±inf.
     """
     x = jnp.asarray(x)
     x = x.astype(_float_dtype(x))
@@ -460,7 +522,7 @@ def mvn_mle(
             f"x must have shape (n, d), got {x.shape}; for 1-D data use x[:, None] or normal_mle"
         )
     _check_ddof(ddof, x.shape[-2], "mvn_mle")
-    _check_no_nan(x, "x")
+    _check_finite_data(x, "x")
     mean = jnp.mean(x, axis=-2)
     centred = x - mean[..., None, :]
     cov = jnp.einsum("...ni,...nj->...ij", centred, centred) / (x.shape[-2] - ddof)

@@ -34,12 +34,13 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from dlx_jax import nn
-from dlx_jax._checks import check_last_axis, check_num_samples, check_sizes
+from dlx_jax._checks import check_flat_pixels, check_num_samples, check_sizes
 from dlx_jax.bounds import (
+    check_likelihood,
     diag_normal_log_pdf,
     gaussian_kl,
     iwae_from_log_weights,
-    log_likelihood,
+    log_likelihood_unchecked,
     posterior_log_pdf_from_noise,
 )
 from dlx_jax.vae import GaussianEncoder, gaussian_encoder, init_gaussian_encoder
@@ -123,8 +124,12 @@ def book_loss(key: PRNGKeyArray, params: HVAEParams, x: Float[Array, "*n d"]) ->
         key: PRNG key, split into the draws of ``z1`` and ``z2``.
         params: HVAE weights.
         x: flattened images in ``[0, 1]``, ``(B, d)``.
+
+    Raises:
+        ValueError: ``x`` is not ``(..., d)`` floats, or (concrete) holds values outside ``[0, 1]``
+            (under ``jit`` only in ``dlx_jax.checked`` mode).
     """
-    check_last_axis(x, params.encoder1.hidden.w.shape[0])
+    check_flat_pixels(x, params.encoder1.hidden.w.shape[0])
     key1, key2 = jax.random.split(key)
     mu1, logvar1 = gaussian_encoder(params.encoder1, x)
     z1, _ = _draw(key1, mu1, logvar1, mu1.shape)
@@ -161,14 +166,15 @@ def log_importance_weights(
         ``(k, *n)`` log weights in nats.
     """
     check_num_samples(num_samples)
-    check_last_axis(x, params.encoder1.hidden.w.shape[0])
+    check_likelihood(likelihood)
+    check_flat_pixels(x, params.encoder1.hidden.w.shape[0])
     key1, key2 = jax.random.split(key)
     mu1, logvar1 = gaussian_encoder(params.encoder1, x)
     z1, eps1 = _draw(key1, mu1, logvar1, (num_samples, *mu1.shape))
     mu2, logvar2 = gaussian_encoder(params.encoder2, z1)
     z2, eps2 = _draw(key2, mu2, logvar2, mu2.shape)
     z_hat = nn.mlp(params.decoder2, z2)
-    log_px = log_likelihood(nn.mlp(params.decoder1, z1), x, likelihood=likelihood)
+    log_px = log_likelihood_unchecked(nn.mlp(params.decoder1, z1), x, likelihood)
     log_p = log_px + diag_normal_log_pdf(z1, z_hat) + diag_normal_log_pdf(z2)
     log_q = posterior_log_pdf_from_noise(logvar1, eps1) + posterior_log_pdf_from_noise(logvar2, eps2)
     return log_p - log_q

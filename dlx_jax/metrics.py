@@ -22,6 +22,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from dlx_jax._checks import check_finite, check_float, require
+
 __all__ = ["frechet_distance", "gaussian_frechet_distance"]
 
 
@@ -36,13 +38,23 @@ def gaussian_frechet_distance(
     """The squared Fréchet distance between N(mean1, cov1) and N(mean2, cov2) (formula above).
 
     Raises:
-        ValueError: shapes that are not ``(d,)``/``(d, d)`` pairs of one ``d``.
+        ValueError: shapes that are not ``(d,)``/``(d, d)`` pairs of one ``d``; and, when
+            concrete, non-finite values or a covariance that is not symmetric.
     """
     d = jnp.shape(mean1)[-1] if jnp.ndim(mean1) == 1 else None
     if d is None or jnp.shape(mean2) != (d,) or jnp.shape(cov1) != (d, d) or jnp.shape(cov2) != (d, d):
         raise ValueError(
             f"expected means (d,) and covariances (d, d) of one d, got {jnp.shape(mean1)}, "
-            f"{jnp.shape(cov1)}, {jnp.shape(mean2)}, {jnp.shape(cov2)}"
+            f"{jnp.shape(cov1)}, {jnp.shape(mean2)}, {jnp.shape(cov2)}; pass the mean and covariance of "
+            "each feature set (e.g. jnp.mean(f, 0), jnp.cov(f, rowvar=False))"
+        )
+    for name, value in (("mean1", mean1), ("cov1", cov1), ("mean2", mean2), ("cov2", cov2)):
+        check_finite(name, value, "compute the statistics from finite features")
+    for name, value in (("cov1", cov1), ("cov2", cov2)):
+        require(
+            lambda xp, a: xp.all(xp.abs(a - a.T) <= 1e-6 * (1 + xp.max(xp.abs(a)))),
+            value,
+            f"{name} is not symmetric; pass a covariance matrix, e.g. ({name} + {name}.T) / 2",
         )
     s1 = _sqrt_psd(cov1)
     middle = s1 @ cov2 @ s1
@@ -61,14 +73,23 @@ def frechet_distance(x: Float[Array, "n d"], y: Float[Array, "m d"]) -> Float[Ar
         A scalar in the features' dtype (0 for identical sets, up to rounding).
 
     Raises:
-        ValueError: not two 2-D arrays with the same ``d``, or fewer than 2 rows.
+        ValueError: not two 2-D float arrays with the same ``d``, fewer than 2 rows, or (concrete)
+            NaN/inf features.
     """
     if jnp.ndim(x) != 2 or jnp.ndim(y) != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(
-            f"x and y must be (n, d) and (m, d) feature matrices, got {jnp.shape(x)}, {jnp.shape(y)}"
+            f"x and y must be (n, d) and (m, d) feature matrices, got {jnp.shape(x)}, {jnp.shape(y)}; "
+            "flatten each set to one row of d features per example (e.g. cnn.features(params, images))"
         )
     if x.shape[0] < 2 or y.shape[0] < 2:
-        raise ValueError(f"need at least 2 feature vectors per set, got {x.shape[0]} and {y.shape[0]}")
+        raise ValueError(
+            f"need at least 2 feature vectors per set, got {x.shape[0]} and {y.shape[0]}; pass more "
+            "examples (the distance is biased for small sets: use the same, large n for both)"
+        )
+    check_float("x", x)
+    check_float("y", y)
+    check_finite("x", x, "drop the examples with NaN/inf features (e.g. diverged samples)")
+    check_finite("y", y, "drop the examples with NaN/inf features (e.g. diverged samples)")
     return gaussian_frechet_distance(
         jnp.mean(x, axis=0), jnp.cov(x, rowvar=False), jnp.mean(y, axis=0), jnp.cov(y, rowvar=False)
     )

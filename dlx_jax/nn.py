@@ -52,7 +52,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from dlx_jax._checks import check_float, check_sizes
+from dlx_jax._checks import check_class_labels, check_float, check_sizes
 
 __all__ = [
     "AUTO_IM2COL_MAX_K",
@@ -107,7 +107,7 @@ def conv2d(
             wrong length, non-float input or an unknown ``impl``.
     """
     if impl not in CONV_IMPLS:
-        raise ValueError(f"impl must be one of {CONV_IMPLS}, got {impl!r}")
+        raise ValueError(f"impl must be one of {CONV_IMPLS}, got {impl!r}; pick one of them")
     if jnp.ndim(x) != 4 or jnp.ndim(w) != 4:
         raise ValueError(
             f"conv2d expects x (n, h, w, c) and w (kh, kw, c, o); got shapes {jnp.shape(x)} and "
@@ -124,7 +124,10 @@ def conv2d(
     if kh > h or kw > wd:
         raise ValueError(f"kernel {kh}x{kw} is larger than the {h}x{wd} image; use a smaller kernel")
     if b is not None and jnp.shape(b) != (co,):
-        raise ValueError(f"bias must have shape ({co},) to match w {w.shape}, got {jnp.shape(b)}")
+        raise ValueError(
+            f"bias must have shape ({co},) to match w {w.shape}, got {jnp.shape(b)}; pass one bias per "
+            "output channel"
+        )
     w = w.astype(x.dtype)
     oh, ow = h - kh + 1, wd - kw + 1
     if impl == "auto":
@@ -176,11 +179,14 @@ def max_pool2d(
     """
     stride = size if stride is None else stride
     if impl not in POOL_IMPLS:
-        raise ValueError(f"impl must be one of {POOL_IMPLS}, got {impl!r}")
+        raise ValueError(f"impl must be one of {POOL_IMPLS}, got {impl!r}; pick one of them")
     if jnp.ndim(x) != 4:
-        raise ValueError(f"max_pool2d expects x of shape (n, h, w, c), got {jnp.shape(x)}")
+        raise ValueError(
+            f"max_pool2d expects x of shape (n, h, w, c), got {jnp.shape(x)}; add the batch/channel axes "
+            "(x[None, ..., None])"
+        )
     if size < 1 or stride < 1:
-        raise ValueError(f"size and stride must be >= 1, got size={size}, stride={stride}")
+        raise ValueError(f"size and stride must be >= 1, got size={size}, stride={stride}; pass e.g. size=2")
     n, h, w, c = x.shape
     if size > h or size > w:
         raise ValueError(f"pool window {size} is larger than the {h}x{w} input; use a smaller size")
@@ -219,15 +225,20 @@ def dense(
     r"""Affine layer :math:`y = x W + b` over the last axis of ``x`` (broadcasts over leading axes).
 
     Raises:
-        ValueError: ``w`` is not 2-D or its input width does not match ``x``'s last axis.
+        ValueError: ``w`` is not 2-D or its input width does not match ``x``'s last axis, or
+            ``x`` is not floating point (the weights are cast to ``x``'s dtype).
     """
+    check_float("x", x)
     if jnp.ndim(x) < 1 or jnp.ndim(w) != 2 or jnp.shape(x)[-1] != w.shape[0]:
         raise ValueError(
             f"dense expects x (..., d) and w (d, k); got {jnp.shape(x)} and {jnp.shape(w)}; "
             "flatten the input first (e.g. x.reshape(len(x), -1))"
         )
     if b is not None and jnp.shape(b) != (w.shape[1],):
-        raise ValueError(f"bias must have shape ({w.shape[1]},), got {jnp.shape(b)}")
+        raise ValueError(
+            f"bias must have shape ({w.shape[1]},) to match w {jnp.shape(w)}, got {jnp.shape(b)}; "
+            "pass one bias per output unit"
+        )
     y = jnp.dot(x, w.astype(x.dtype))
     return y if b is None else y + b.astype(x.dtype)
 
@@ -310,7 +321,9 @@ def dropout(
         ValueError: ``rate`` outside ``[0, 1)``, a mask of the wrong shape, or neither key nor mask.
     """
     if not 0.0 <= rate < 1.0:
-        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        raise ValueError(
+            f"dropout rate must be in [0, 1), got {rate}; pass e.g. rate=0.5 (0 disables dropout)"
+        )
     if mask is None:
         if key is None:
             raise ValueError(
@@ -318,7 +331,10 @@ def dropout(
             )
         mask = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     elif jnp.shape(mask) != x.shape:
-        raise ValueError(f"dropout mask must have the activations' shape {x.shape}, got {jnp.shape(mask)}")
+        raise ValueError(
+            f"dropout mask must have the activations' shape {x.shape}, got {jnp.shape(mask)}; "
+            "pass one keep-flag per activation"
+        )
     return x * (mask.astype(x.dtype) / jnp.asarray(1.0 - rate, x.dtype))
 
 
@@ -327,15 +343,21 @@ def softmax_cross_entropy(logits: Float[Array, "n k"], labels: Int[Array, " n"])
 
     .. math:: L = -\frac1n \sum_i \Big(z_{i,y_i} - \log\sum_k e^{z_{i,k}}\Big)
 
+    Labels must lie in ``0..k-1``. That is checked when ``labels`` is concrete. Under ``jit`` it
+    cannot be: a label ``>= k`` then gives a NaN loss and a negative label silently picks class
+    ``k + label`` (a wrong, finite loss); run through ``dlx_jax.checked`` to get the error inside
+    compiled code.
+
     Raises:
-        ValueError: logits not 2-D, labels not ``(n,)`` or not integer.
+        ValueError: logits not 2-D or not floating, labels not ``(n,)`` integers, or (concrete)
+            labels outside ``0..k-1``.
     """
     if jnp.ndim(logits) != 2:
-        raise ValueError(f"logits must be (n, k), got shape {jnp.shape(logits)}")
-    if jnp.shape(labels) != logits.shape[:1]:
-        raise ValueError(f"labels must have shape ({logits.shape[0]},), got {jnp.shape(labels)}")
-    if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
-        raise ValueError(f"labels must be integer class indices, got dtype {jnp.result_type(labels)}")
+        raise ValueError(
+            f"logits must be (n, k), got shape {jnp.shape(logits)}; pass one row of class scores per example"
+        )
+    check_float("logits", logits)
+    check_class_labels(labels, n=logits.shape[0], num_classes=logits.shape[1])
     log_z = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
     return jnp.mean(log_z - picked)

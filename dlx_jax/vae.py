@@ -30,8 +30,10 @@ with :mod:`dlx_jax.hvae`) and are re-exported here: ``vae.gaussian_kl``, ``vae.l
 
 Shapes use ``d`` pixels (features), ``h`` hidden units, ``z`` latent units; functions broadcast over
 any leading axes (written ``*n``). Dtypes are preserved (float32 in → float32 out). Shape errors raise
-``ValueError`` at trace time; value checks on images (range, NaN) need concrete arrays and live in
-:func:`validate_images`, which the experiments call before training.
+``ValueError`` at trace time. The losses and bounds also reject pixels outside ``[0, 1]`` (e.g.
+0-255 images, which would give a loss of ~1e5 or ±inf nats) and NaN when ``x`` is concrete; under
+``jit`` values cannot be checked (wrap the function with ``dlx_jax.checked`` to check them there).
+:func:`validate_images` checks a whole image batch before training, as the experiments do.
 """
 
 from __future__ import annotations
@@ -43,16 +45,18 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from dlx_jax import nn
-from dlx_jax._checks import check_last_axis, check_num_samples, check_sizes, validate_images
+from dlx_jax._checks import check_flat_pixels, check_num_samples, check_sizes, validate_images
 from dlx_jax.bounds import (
     LIKELIHOODS,
     bernoulli_log_likelihood,
     binarize,
+    check_likelihood,
     continuous_bernoulli_log_norm,
     diag_normal_log_pdf,
     gaussian_kl,
     iwae_from_log_weights,
     log_likelihood,
+    log_likelihood_unchecked,
     posterior_log_pdf_from_noise,
 )
 
@@ -188,7 +192,10 @@ def reparameterize(
     ``ε = jax.random.normal(key, mu.shape)``.
     """
     if mu.shape != logvar.shape:
-        raise ValueError(f"mu {mu.shape} and logvar {logvar.shape} must have the same shape")
+        raise ValueError(
+            f"mu {mu.shape} and logvar {logvar.shape} must have the same shape; pass the two heads of "
+            "one encoder"
+        )
     eps = jax.random.normal(key, mu.shape, dtype=jnp.result_type(mu, logvar))
     return mu + jnp.exp(0.5 * logvar) * eps
 
@@ -210,8 +217,11 @@ def book_loss(key: PRNGKeyArray, params: VAEParams, x: Float[Array, "*n d"]) -> 
 
     Returns:
         The scalar loss, in ``x``'s dtype.
+
+    Raises:
+        ValueError: ``x`` is not ``(..., d)`` floats, or (concrete) holds values outside ``[0, 1]``.
     """
-    check_last_axis(x, params.encoder.hidden.w.shape[0])
+    check_flat_pixels(x, params.encoder.hidden.w.shape[0])
     mu, logvar = encode(params, x)
     z = reparameterize(key, mu, logvar)
     x_hat = decode(params, z)
@@ -240,11 +250,12 @@ def log_importance_weights(
         ``(k, *n)`` log weights in nats.
     """
     check_num_samples(num_samples)
-    check_last_axis(x, params.encoder.hidden.w.shape[0])
+    check_likelihood(likelihood)
+    check_flat_pixels(x, params.encoder.hidden.w.shape[0])
     mu, logvar = encode(params, x)
     eps = jax.random.normal(key, (num_samples, *mu.shape), dtype=mu.dtype)
     z = mu + jnp.exp(0.5 * logvar) * eps
-    log_px = log_likelihood(decode_logits(params, z), x, likelihood=likelihood)
+    log_px = log_likelihood_unchecked(decode_logits(params, z), x, likelihood)
     log_pz = diag_normal_log_pdf(z)
     log_qz = posterior_log_pdf_from_noise(logvar, eps)
     return log_px + log_pz - log_qz
@@ -282,11 +293,12 @@ def elbo(
             log_importance_weights(key, params, x, num_samples=num_samples, likelihood=likelihood), axis=0
         )
     check_num_samples(num_samples)
-    check_last_axis(x, params.encoder.hidden.w.shape[0])
+    check_likelihood(likelihood)
+    check_flat_pixels(x, params.encoder.hidden.w.shape[0])
     mu, logvar = encode(params, x)
     eps = jax.random.normal(key, (num_samples, *mu.shape), dtype=mu.dtype)
     z = mu + jnp.exp(0.5 * logvar) * eps
-    log_px = log_likelihood(decode_logits(params, z), x, likelihood=likelihood)
+    log_px = log_likelihood_unchecked(decode_logits(params, z), x, likelihood)
     return jnp.mean(log_px, axis=0) - gaussian_kl(mu, logvar)
 
 

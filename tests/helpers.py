@@ -169,3 +169,19 @@ ATOL_UNET_GRAD_F64 = 1e-13
 # float64 numpy two-pass computation (data of mean ~0.3, std ~1: cancellation costs < 1 digit).
 RTOL_BN_STATS_F32 = 1e-5
 ATOL_BN_STATS_F32 = 1e-6
+
+# --- hardening: properties and numerical guards (tests/test_properties.py, test_numerical_guards.py)
+# a float32 density integrated with the trapezoid rule in float64 on a grid of spacing <= sigma / 10
+# spanning +-12 sigma: the rule's error on a Gaussian is exponentially small at that spacing and the
+# tails beyond 12 sigma weigh 1e-32, so what remains is float32 rounding of the summed values
+# (~1e-7 relative each, partly cancelling); 1e-5 leaves a wide margin.
+RTOL_DENSITY_NORMALISATION = 1e-5
+# one float32 EM step never lowers the mean log-likelihood except by rounding (log-densities of
+# O(10) nats summed over <= 32 points, ~1e-6 relative) and the reg_covar = 1e-6 ridge on
+# variances >= 1e-2 (<= 1e-4 nats): allowed decrease = RTOL * |loglik| + ATOL.
+RTOL_EM_MONOTONE_F32 = 1e-5
+ATOL_EM_MONOTONE_F32 = 1e-3
+# a float32 component collapsed onto one point far (D = 10) from the data mean: its covariance is
+# reg_covar * I plus (x - mu)^2 with |x - mu| ~ eps * D ~ 1e-6, i.e. 1e-12 on top of 1e-6; the
+# moment formula this guards against is off by ~D^2 * eps ~ 1e-5 (ten times reg_covar).
+RTOL_COLLAPSED_COVARIANCE_F32 = 1e-3

@@ -253,8 +253,10 @@ def test_bad_inputs_raise():
         mixture.fit(jnp.ones(5), p)
     with pytest.raises(ValueError, match="at least k samples"):
         mixture.fit(jnp.asarray(x[:2]), p)
-    with pytest.raises(ValueError, match="1 <= k <= n"):
+    with pytest.raises(ValueError, match="at least k samples, got n = 2; use fewer components"):
         mixture.init_params(jax.random.key(0), jnp.asarray(x[:2]), k=3)
+    with pytest.raises(ValueError, match=r"n_components\) must be >= 1, got 0; pass e\.g\. k=2"):
+        mixture.init_params(jax.random.key(0), jnp.asarray(x), k=0)
     x_nan = x.copy()
     x_nan[3, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):

@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from dlx_jax.diffusion._guidance import check_drop, check_labels, label_drop_mask
@@ -50,9 +51,9 @@ def q_sample_from_noise(
     """
     num_steps = check_schedule(schedule)
     x0 = float_x(x0, "x0")
-    eps = jnp.asarray(eps)
+    eps = float_x(eps, "eps")
     if eps.shape != x0.shape:
-        raise ValueError(f"eps must have the shape of x0, {x0.shape}, got {eps.shape}")
+        raise ValueError(f"eps must have the shape of x0, {x0.shape}, got {eps.shape}; draw it like x0")
     t = check_timesteps(t, num_steps, x0.shape[0], low=0)
     sqrt_ab = jnp.sqrt(coef(schedule.alpha_bars, t, x0))
     sqrt_omab = jnp.sqrt(coef(schedule.one_minus_alpha_bars, t, x0))
@@ -97,6 +98,8 @@ def sample_timesteps(key: PRNGKeyArray, schedule: Schedule, *, n: int) -> Int[Ar
         ``(n,)`` int32 timesteps.
     """
     num_steps = check_schedule(schedule)
+    if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive int (the batch size), got {n!r}; pass e.g. n=len(x0)")
     return jax.random.randint(key, (int(n),), 1, num_steps + 1, dtype=jnp.int32)
 
 
@@ -175,7 +178,8 @@ def make_loss(
         eps_hat = jnp.asarray(eps_hat)
         if eps_hat.shape != x0.shape:
             raise ValueError(
-                f"apply_fn must return eps_hat shaped like its input x, {x0.shape}, got {eps_hat.shape}"
+                f"apply_fn must return eps_hat shaped like its input x, {x0.shape}, got {eps_hat.shape}; "
+                "the model must predict one noise value per pixel"
             )
         mse = jnp.mean(jnp.square(eps_hat.astype(x0.dtype) - eps))
         metrics = {"mse": mse}
@@ -192,7 +196,9 @@ def make_loss(
 def _split_batch(batch: Any, conditional: bool) -> tuple[Any, Any]:
     if isinstance(batch, tuple | list):
         if len(batch) != 2:
-            raise ValueError(f"batch must be x0 or (x0, labels), got a sequence of {len(batch)} items")
+            raise ValueError(
+                f"batch must be x0 or (x0, labels), got a sequence of {len(batch)} items; pass (x0, labels)"
+            )
         return batch[0], batch[1]
     if conditional:
         raise ValueError(

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from dlx_jax._checks import require
 from dlx_jax.diffusion._schedule import is_concrete
 
 #: ``eps_fn(x, t, labels, label_mask) -> eps``: the model in eval mode, closing over its
@@ -52,7 +53,7 @@ def label_drop_mask(
     """
     check_drop(p, mode)
     if not isinstance(n, int | np.integer) or n < 1:
-        raise ValueError(f"n must be a positive int (the batch size), got {n!r}")
+        raise ValueError(f"n must be a positive int (the batch size), got {n!r}; pass e.g. n=len(x0)")
     draw_shape = () if mode == "batch" else (int(n),)
     drop = jax.random.bernoulli(key, p, draw_shape)
     return jnp.broadcast_to(jnp.where(drop, 0, 1).astype(dtype), (int(n),))
@@ -97,13 +98,16 @@ def guided_eps(
     """
     x = jnp.asarray(x)
     if x.ndim < 1:
-        raise ValueError("x must have a leading batch axis, shape (n, ...), got a scalar")
+        raise ValueError("x must have a leading batch axis, shape (n, ...), got a scalar; pass x[None]")
     n = x.shape[0]
     labels = check_labels(labels, n, num_classes)
     check_gamma(gamma)
     t = jnp.asarray(t)
     if not jnp.issubdtype(t.dtype, jnp.integer) or t.ndim > 1 or (t.ndim == 1 and t.shape[0] != n):
-        raise ValueError(f"t must be an integer scalar or have shape (n,) = ({n},), got {t.dtype}{t.shape}")
+        raise ValueError(
+            f"t must be an integer scalar or have shape (n,) = ({n},), got {t.dtype}{t.shape}; pass "
+            "jnp.full((n,), t, jnp.int32)"
+        )
     t = jnp.broadcast_to(t.astype(jnp.int32), (n,))
     mask = jnp.concatenate([jnp.ones((n,), x.dtype), jnp.zeros((n,), x.dtype)])
     both = eps_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([labels, labels]), mask)
@@ -111,7 +115,7 @@ def guided_eps(
     if both.shape != (2 * n, *x.shape[1:]):
         raise ValueError(
             f"eps_fn must return an array shaped like its input x, (2n, ...) = {(2 * n, *x.shape[1:])}, "
-            f"got {both.shape}"
+            f"got {both.shape}; the model must return one noise prediction per input pixel"
         )
     both = both.astype(x.dtype)
     eps_c, eps_u = both[:n], both[n:]
@@ -123,17 +127,22 @@ def guided_eps(
 
 def check_drop(p: float | Array, mode: str) -> None:
     if mode not in DROP_MODES:
-        raise ValueError(f"drop mode must be one of {DROP_MODES}, got {mode!r}")
+        raise ValueError(f"drop mode must be one of {DROP_MODES}, got {mode!r}; pick one of them")
     if is_concrete(p) and not 0.0 <= float(p) <= 1.0:
-        raise ValueError(f"the label drop probability must lie in [0, 1] (the book uses 0.1), got {p!r}")
+        raise ValueError(
+            f"the label drop probability must lie in [0, 1], got {p!r}; pass e.g. label_drop=0.1 (the book's)"
+        )
 
 
 def check_gamma(gamma: float | Array) -> None:
     if jnp.ndim(gamma) != 0:
-        raise ValueError(f"gamma must be a scalar guidance scale, got shape {jnp.shape(gamma)}")
+        raise ValueError(
+            f"gamma must be a scalar guidance scale, got shape {jnp.shape(gamma)}; pass e.g. gamma=3.0"
+        )
     if is_concrete(gamma) and not float(gamma) >= 0:
         raise ValueError(
-            f"gamma must be >= 0 (0 = unconditional, 1 = conditional, the book uses 3), got {gamma!r}"
+            f"gamma must be >= 0 (0 = unconditional, 1 = conditional), got {gamma!r}; pass e.g. gamma=3.0 "
+            "(the book's)"
         )
 
 
@@ -141,20 +150,33 @@ def check_labels(labels: ArrayLike, n: int, num_classes: int | None) -> Int[Arra
     """Check ``labels`` is ``(n,)`` integer and, when concrete, in range; return it as int32."""
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise ValueError(f"labels must be integers (class indices), got dtype {labels.dtype}")
+        raise ValueError(
+            f"labels must be integers (class indices), got dtype {labels.dtype}; pass "
+            "jnp.asarray(labels, jnp.int32)"
+        )
     if labels.shape != (n,):
         raise ValueError(
             f"labels must have shape (n,) = ({n},), one class per example, got {labels.shape}; "
             "e.g. jnp.repeat(jnp.arange(10), n // 10)"
         )
     if num_classes is not None and (not isinstance(num_classes, int | np.integer) or num_classes < 1):
-        raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
-    if is_concrete(labels) and n:
-        lv = np.asarray(labels)
-        hi = None if num_classes is None else int(num_classes) - 1
-        if lv.min() < 0 or (hi is not None and lv.max() > hi):
-            allowed = ">= 0" if hi is None else f"in 0..{hi}"
-            raise ValueError(
-                f"labels must be {allowed} (class indices), got values in {lv.min()}..{lv.max()}"
-            )
+        raise ValueError(
+            f"num_classes must be a positive int or None, got {num_classes!r}; pass e.g. num_classes=10"
+        )
+    hi = None if num_classes is None else int(num_classes) - 1
+    allowed = ">= 0" if hi is None else f"in 0..{hi}"
+
+    def message(lv: np.ndarray | None) -> str:
+        got = "" if lv is None else f", got values in {lv.min()}..{lv.max()}"
+        return (
+            f"labels must be {allowed} (class indices){got}; fix the labels, or mark unconditional "
+            "examples with label_mask=0 instead of an out-of-range label"
+        )
+
+    def ok(xp, a):
+        if not n:
+            return True
+        return xp.all(a >= 0) if hi is None else xp.all((a >= 0) & (a <= hi))
+
+    require(ok, labels, message)
     return labels.astype(jnp.int32)

@@ -174,10 +174,14 @@ def _check_shape(shape: Any) -> tuple[int, ...]:
         shape = tuple(int(s) for s in shape)
     except TypeError:
         raise ValueError(
-            f"shape must be a tuple of ints (n, ...) such as (n, h, w, c), got {shape!r}"
+            f"shape must be a tuple of ints (n, ...) such as (n, h, w, c), got {shape!r}; "
+            "pass e.g. (16, 28, 28, 1)"
         ) from None
     if len(shape) < 1 or min(shape) < 1:
-        raise ValueError(f"shape must be a non-empty tuple of positive ints (n, ...), got {shape}")
+        raise ValueError(
+            f"shape must be a non-empty tuple of positive ints (n, ...), got {shape}; "
+            "pass e.g. (16, 28, 28, 1)"
+        )
     return shape
 
 
@@ -201,11 +205,14 @@ def _setup(
     if x_init is not None:
         x_init = float_x(x_init, "x_init")
         if x_init.shape != shape:
-            raise ValueError(f"x_init must have shape {shape} (the shape argument), got {x_init.shape}")
+            raise ValueError(
+                f"x_init must have shape {shape} (the shape argument), got {x_init.shape}; "
+                "pass shape=x_init.shape"
+            )
     if dtype is None:
         dtype = x_init.dtype if x_init is not None else schedule.dtype
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"dtype must be floating, got {dtype}")
+        raise ValueError(f"dtype must be floating, got {dtype}; pass e.g. dtype=jnp.float32")
     key_init = jax.random.split(key)[0]
     x = x_init.astype(dtype) if x_init is not None else standard_normal(key_init, shape, dtype)
 
@@ -234,7 +241,8 @@ def _setup(
         eps = jnp.asarray(predict(x, t))
         if eps.shape != x.shape:
             raise ValueError(
-                f"eps_fn must return an array shaped like its input x, {x.shape}, got {eps.shape}"
+                f"eps_fn must return an array shaped like its input x, {x.shape}, got {eps.shape}; the model "
+                "must return one noise prediction per pixel"
             )
         return eps.astype(x.dtype)
 
@@ -264,7 +272,10 @@ def _run(
         x, _ = lax.scan(body, x, xs)
         return x
     if not isinstance(every, int | np.integer) or isinstance(every, bool) or every < 1:
-        raise ValueError(f"trajectory_every must be None or an int >= 1 (static), got {every!r}")
+        raise ValueError(
+            f"trajectory_every must be None or an int >= 1 (static), got {every!r}; "
+            "pass e.g. trajectory_every=100"
+        )
     num = len(steps[0])
     recorded = (num - 1 - np.arange(num)) % int(every) == 0
     m = 1 + int(recorded.sum())

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
+from dlx_jax._checks import check_finite, require
+
 
 class Schedule(NamedTuple):
     """A variance schedule ``β_1..β_T`` and the products the model needs (a pytree).
@@ -75,7 +77,9 @@ def linear_schedule(
             ``beta_end < beta_start``.
     """
     if not isinstance(num_steps, int | np.integer) or isinstance(num_steps, bool) or num_steps < 2:
-        raise ValueError(f"num_steps must be an int >= 2 (the book uses 1000), got {num_steps!r}")
+        raise ValueError(
+            f"num_steps must be an int >= 2, got {num_steps!r}; pass e.g. num_steps=1000 (the book's)"
+        )
     if not beta_end >= beta_start:
         raise ValueError(
             f"beta_end must be >= beta_start for an increasing schedule, got beta_start={beta_start}, "
@@ -116,7 +120,9 @@ def schedule_from_betas(betas: Float[ArrayLike, " T"], *, dtype: jnp.dtype | Non
         dtype = in_dtype if jnp.issubdtype(in_dtype, jnp.floating) else jnp.float32
     dtype = jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"dtype must be a floating dtype (float32 or float64), got {dtype}")
+        raise ValueError(
+            f"dtype must be a floating dtype (float32 or float64), got {dtype}; pass dtype=jnp.float32"
+        )
     b = np.asarray(betas, dtype=np.float64)
     if b.ndim != 1 or b.shape[0] < 2:
         raise ValueError(
@@ -126,14 +132,14 @@ def schedule_from_betas(betas: Float[ArrayLike, " T"], *, dtype: jnp.dtype | Non
     if not np.all(np.isfinite(b)) or np.any(b <= 0) or np.any(b >= 1):
         bad = int(np.nonzero(~((b > 0) & (b < 1)))[0][0])
         raise ValueError(
-            f"every beta must lie in (0, 1), got beta_{bad + 1} = {b[bad]!r}; a noise variance per "
-            "step must be positive and below one"
+            f"every beta must lie in (0, 1), got beta_{bad + 1} = {float(b[bad])!r}; a noise variance "
+            "per step must be positive and below one: pass e.g. np.linspace(1e-4, 0.02, 1000)"
         )
     if np.any(np.diff(b) < 0):
         bad = int(np.nonzero(np.diff(b) < 0)[0][0])
         raise ValueError(
             f"betas must be non-decreasing (more noise at later steps), but beta_{bad + 2} = "
-            f"{b[bad + 1]!r} < beta_{bad + 1} = {b[bad]!r}; sort them or check the schedule"
+            f"{float(b[bad + 1])!r} < beta_{bad + 1} = {float(b[bad])!r}; sort them or check the schedule"
         )
     betas0 = np.concatenate([[0.0], b])
     log_alpha_bars = np.cumsum(np.log1p(-betas0))
@@ -165,17 +171,20 @@ def check_schedule(schedule: Schedule) -> int:
     shapes = {jnp.shape(a) for a in schedule}
     if len(shapes) != 1 or len(next(iter(shapes))) != 1:
         raise ValueError(
-            f"schedule arrays must all have shape (T + 1,), got {[jnp.shape(a) for a in schedule]}"
+            f"schedule arrays must all have shape (T + 1,), got {[jnp.shape(a) for a in schedule]}; "
+            "build the schedule with linear_schedule() or schedule_from_betas(betas)"
         )
     num_steps = schedule.num_steps
     if num_steps < 2:
-        raise ValueError(f"the schedule needs T >= 2 steps, got T = {num_steps}")
+        raise ValueError(
+            f"the schedule needs T >= 2 steps, got T = {num_steps}; build it with e.g. linear_schedule(1000)"
+        )
     return num_steps
 
 
 def float_x(x: ArrayLike, name: str = "x") -> Array:
     """``x`` as a floating array with a leading batch axis; integer images are an error."""
-    x = jnp.asarray(x)
+    x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(
             f"{name} must be a floating array (images scaled to a small range such as [-1, 1] or "
@@ -183,8 +192,10 @@ def float_x(x: ArrayLike, name: str = "x") -> Array:
         )
     if x.ndim < 1:
         raise ValueError(
-            f"{name} must have a leading batch axis, shape (n, ...) such as (n, h, w, c), got a scalar"
+            f"{name} must have a leading batch axis, shape (n, ...) such as (n, h, w, c), got a scalar; "
+            f"pass {name}[None]"
         )
+    check_finite(name, x, "drop or fix the examples with NaN/inf values (e.g. a diverged sample)")
     return x
 
 
@@ -208,15 +219,18 @@ def check_timesteps(
         )
     if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != n):
         raise ValueError(
-            f"{name} must be a scalar or have shape (n,) = ({n},) (one timestep per example), got {t.shape}"
+            f"{name} must be a scalar or have shape (n,) = ({n},) (one timestep per example), got "
+            f"{t.shape}; pass one timestep per example"
         )
-    if is_concrete(t) and t.size:
-        tv = np.asarray(t)
-        if tv.min() < low or tv.max() > high:
-            raise ValueError(
-                f"{name} must lie in {low}..{high} (the book's 1-based timesteps; T = {num_steps}), "
-                f"got values in {tv.min()}..{tv.max()}"
-            )
+
+    def message(tv: np.ndarray | None) -> str:
+        got = "" if tv is None else f", got values in {tv.min()}..{tv.max()}"
+        return (
+            f"{name} must lie in {low}..{high} (the book's 1-based timesteps; T = {num_steps}){got}; "
+            "draw timesteps with sample_timesteps(key, schedule, n=n) or clip them"
+        )
+
+    require(lambda xp, a: xp.all((a >= low) & (a <= high)) if xp.size(a) else True, t, message)
     return t.astype(jnp.int32)
 
 

@@ -123,11 +123,11 @@ def ddim_timesteps(num_train_steps: int, num_steps: int) -> np.ndarray:
         ValueError: ``num_steps`` outside ``1..T``.
     """
     if not isinstance(num_steps, int | np.integer) or isinstance(num_steps, bool):
-        raise ValueError(f"num_steps must be an int (static), got {num_steps!r}")
+        raise ValueError(f"num_steps must be an int (static), got {num_steps!r}; pass e.g. num_steps=50")
     if not 1 <= num_steps <= num_train_steps:
         raise ValueError(
             f"num_steps must lie in 1..T = 1..{num_train_steps} (a subsequence of the training "
-            f"timesteps), got {num_steps}"
+            f"timesteps), got {num_steps}; pass e.g. num_steps=50"
         )
     if num_steps == 1:
         return np.array([num_train_steps])
@@ -186,7 +186,10 @@ def ddim_step(
     t = check_timesteps(t, num_steps, n)
     t_prev = check_timesteps(t_prev, num_steps, n, low=0, high=num_steps - 1, name="t_prev")
     if is_concrete(t, t_prev) and np.any(np.asarray(t_prev) >= np.asarray(t)):
-        raise ValueError("t_prev must be smaller than t (DDIM steps go from t down to t_prev)")
+        raise ValueError(
+            "t_prev must be smaller than t (DDIM steps go from t down to t_prev); pass e.g. t_prev = t - 1 "
+            "or use ddim_timesteps"
+        )
     check_eta(eta)
     ab_t = coef(schedule.alpha_bars, t, x)
     omab_t = coef(schedule.one_minus_alpha_bars, t, x)
@@ -219,17 +222,22 @@ def _bcast(t: Array, x: Array) -> Array:
 
 def _check_x_eps(x: ArrayLike, eps_hat: ArrayLike) -> tuple[Array, Array]:
     x = float_x(x)
-    eps_hat = jnp.asarray(eps_hat)
+    eps_hat = float_x(eps_hat, "eps_hat")
     if eps_hat.shape != x.shape:
-        raise ValueError(f"eps_hat must have the shape of x, {x.shape}, got {eps_hat.shape}")
+        raise ValueError(
+            f"eps_hat must have the shape of x, {x.shape}, got {eps_hat.shape}; the model must return "
+            "one noise prediction per pixel"
+        )
     return x, eps_hat.astype(x.dtype)
 
 
 def check_eta(eta: float | Array) -> None:
     if jnp.ndim(eta) != 0:
-        raise ValueError(f"eta must be a scalar, got shape {jnp.shape(eta)}")
+        raise ValueError(f"eta must be a scalar, got shape {jnp.shape(eta)}; pass e.g. eta=0.0")
     if is_concrete(eta) and not float(eta) >= 0:
-        raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like noise), got {eta!r}")
+        raise ValueError(
+            f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like noise), got {eta!r}; pass e.g. eta=0.0"
+        )
 
 
 def check_clip(clip_x0: Any) -> tuple[float, float]:
@@ -240,7 +248,7 @@ def check_clip(clip_x0: Any) -> tuple[float, float]:
             f"clip_x0 must be None or a pair (low, high), e.g. (-1.0, 1.0), got {clip_x0!r}"
         ) from None
     if not low < high:
-        raise ValueError(f"clip_x0 must satisfy low < high, got {clip_x0!r}")
+        raise ValueError(f"clip_x0 must satisfy low < high, got {clip_x0!r}; pass e.g. (-1.0, 1.0)")
     return low, high
 
 

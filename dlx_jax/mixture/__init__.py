@@ -17,11 +17,20 @@ EM (:func:`e_step`, :func:`m_step`, :func:`em_step`, :func:`fit`) follows the bo
 ``lax.while_loop`` and :func:`fit_restarts` fits ``n_init`` random initialisations in one compiled
 call with ``vmap``.
 
-Validation: shapes and ranks are checked at trace time. Value checks (NaN in the data, weights
-that do not sum to one, covariances that are not symmetric positive definite, ``k > n``) need
-concrete arrays: they run when the input is not a ``jax.core.Tracer`` (eager calls, and the
-arguments of a jitted function *before* it is jitted, e.g. in the experiment layer) and are
-skipped under ``jit``/``vmap``.
+Validation: shapes, ranks and static settings (``k >= 1``, ``k <= n``, ``max_iter``) are checked
+at trace time. Value checks (NaN or ±inf in the data or parameters, weights that do not sum to
+one, covariances that are not symmetric positive definite, hyper-parameters such as a negative
+``reg_covar``) need concrete arrays: they run when the input is not a ``jax.core.Tracer`` (eager
+calls, and the arguments of a jitted function *before* it is jitted, e.g. in the experiment
+layer) and are skipped under ``jit``/``vmap``. For concrete inputs :func:`init_params`,
+:func:`m_step`, :func:`fit` and :func:`fit_restarts` also check their *result*: a covariance that
+became singular (duplicate points or constant data with ``reg_covar=0``) raises a ``ValueError``
+naming ``reg_covar``, as scikit-learn does; under ``jit`` the result is NaN instead, unless the
+call is wrapped with ``dlx_jax.checked``, which raises the same error from compiled code.
+
+With the default ``reg_covar=1e-6`` a component that collapses onto duplicate points stays
+finite: the M-step notices when the fast moment formula for the covariances has lost its digits
+to cancellation and recomputes them centred on the component means.
 
 Every function preserves the floating dtype of its inputs (float32 in, float32 out; float64 in,
 float64 out). Functions are undecorated: the caller jits them (``max_iter``, ``n``, ``k``,

@@ -7,13 +7,16 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental import checkify
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from dlx_jax._linalg import cholesky_unrolled
+from dlx_jax._checks import is_concrete, require
+from dlx_jax._linalg import UNROLL_MAX_D, cholesky_unrolled
 from dlx_jax.mixture._model import (
     GMMParams,
     cast_params,
     check_nonneg,
+    check_param_values,
     check_params,
     check_x,
     component_log_densities_kn,
@@ -21,6 +24,69 @@ from dlx_jax.mixture._model import (
     float_array,
     floored,
 )
+
+# The moment formula Σ_j = E_γ[(x - x̄)(x - x̄)ᵀ] - (μ_j - x̄)(μ_j - x̄)ᵀ cancels: its rounding error
+# is a few machine epsilons of E_γ[(x - x̄)²] per entry (more for long sums). A covariance is
+# trusted only while every Cholesky pivot (the variance of feature i given the features before it)
+# exceeds this many epsilons of E_γ[(x_i - x̄_i)²]; below that (a component collapsed onto
+# duplicate points far from x̄, or onto a line) the M-step recomputes the covariances centred on the
+# new means, as scikit-learn always does.
+_MOMENT_RESOLUTION_EPS = 1e4
+# The centred covariances are still only known to a few epsilons of their own size: a component
+# stretched along a line (e.g. a cluster plus one far outlier) has a smallest eigenvalue below that
+# resolution, and a ridge of reg_covar = 1e-6 can be smaller than float32 rounding of entries ~30.
+# The fallback therefore adds this many epsilons of d * trace(Σ_j) to the diagonal as well when
+# reg_covar > 0 (~1e-15 relative in float64); reg_covar = 0 means no ridge at all, so a singular
+# covariance is then reported (check_fitted) rather than regularised.
+_CENTRED_JITTER_EPS = 4.0
+# With reg_covar = 0 a component is singular to working precision, and reported as such, when a
+# standard deviation (Cholesky pivot) is within this many epsilons of the largest |mean| (a
+# collapse onto identical points) or a conditional variance within this many epsilons of the
+# component's largest variance (a collapse onto a line or plane).
+_SINGULAR_ULPS = 100.0
+
+
+def singular_covariance_message(reg_covar, what: str, cause: str | None = None) -> str:
+    """The one wording of "a covariance became singular", naming ``reg_covar`` and its fix."""
+    got = f"reg_covar={float(reg_covar):g}" if is_concrete(reg_covar) else "this reg_covar"
+    cause = cause or (
+        "a covariance became singular (a component collapsed onto duplicate points or onto fewer "
+        "than d + 1 points)"
+    )
+    return (
+        f"{what} with {got}: {cause}; increase reg_covar, e.g. reg_covar=1e-6 (more for data on a "
+        "large scale), or use fewer components"
+    )
+
+
+def check_fitted(params: GMMParams, reg_covar, what: str) -> None:
+    """EM results must be finite with positive Cholesky diagonals. Concrete: raise ``ValueError``
+    naming ``reg_covar``; traced: a ``dlx_jax.checked``-mode check (plain ``jit`` returns NaN)."""
+    message = singular_covariance_message(reg_covar, what)
+    for arr in params:
+        require(lambda xp, a: xp.all(xp.isfinite(a)), arr, message)
+    require(lambda xp, a: xp.all(xp.diagonal(a, 0, -2, -1) > 0), params.scale_tril, message)
+    # Without a ridge, a covariance that is singular in exact arithmetic (a component collapsed onto
+    # identical or collinear points) comes out of float rounding as a tiny, possibly positive-definite
+    # matrix: scikit-learn's Cholesky fails there, ours may not. Report it as singular.
+    if is_concrete(reg_covar, *params):
+        if float(reg_covar) == 0 and _singular(np, params.means, params.scale_tril):
+            raise ValueError(message)
+    else:
+        singular = _singular(jnp, params.means, params.scale_tril)
+        checkify.debug_check(~(singular & (jnp.asarray(reg_covar) == 0)), message)
+
+
+def _singular(xp, means, tril):
+    """Some covariance is singular to working precision: a standard deviation (Cholesky pivot) below
+    ``_SINGULAR_ULPS`` epsilons of the largest ``|mean|``, or a variance below that many epsilons of
+    the component's largest variance."""
+    eps = xp.finfo(tril.dtype).eps
+    pivots = xp.diagonal(tril, 0, -2, -1)
+    largest = xp.max(xp.sum(tril * tril, axis=-1), axis=-1, keepdims=True)  # max_i Σ_ii per component
+    tiny_sd = pivots <= _SINGULAR_ULPS * eps * xp.max(xp.abs(means))
+    tiny_var = pivots * pivots <= _SINGULAR_ULPS * eps * largest
+    return bool(xp.any(tiny_sd | tiny_var)) if xp is np else xp.any(tiny_sd | tiny_var)
 
 
 class EMInfo(NamedTuple):
@@ -79,8 +145,12 @@ def e_step(x: Float[ArrayLike, "n d"], params: GMMParams) -> Float[Array, "n k"]
 
     Returns:
         ``(n, k)`` log responsibilities (each row ``logsumexp``-s to 0).
+
+    Raises:
+        ValueError: shapes, or (concrete) non-finite data or parameters.
     """
     k, d = check_params(params)
+    check_param_values(params)
     x = float_array(x, "x")
     check_x(x, d, batched=True)
     dtype = dtype_of(x, *params)
@@ -117,16 +187,32 @@ def m_step(
 
     Returns:
         The new :class:`GMMParams` in the common dtype of ``x`` and ``log_resp``.
+
+    Raises:
+        ValueError: shapes, a negative or non-finite ``reg_covar``, (concrete) non-finite ``x``
+            or NaN in ``log_resp``; and, for concrete inputs, a singular covariance in the result
+            (``reg_covar`` too small; under ``jit`` the result is NaN instead).
     """
     x = float_array(x, "x")
     log_resp = float_array(log_resp, "log_resp")
     if x.ndim != 2:
         raise ValueError(f"x must have shape (n, d), got {x.shape}; reshape it to one row per sample")
-    if log_resp.ndim != 2 or log_resp.shape[0] != x.shape[0]:
-        raise ValueError(f"log_resp must have shape (n, k) with n = {x.shape[0]}, got {log_resp.shape}")
+    if log_resp.ndim != 2 or log_resp.shape[0] != x.shape[0] or log_resp.shape[1] < 1:
+        raise ValueError(
+            f"log_resp must have shape (n, k) with n = {x.shape[0]} and k >= 1, got {log_resp.shape}; "
+            "pass the output of e_step(x, params)"
+        )
+    check_x(x, x.shape[1], batched=False)
+    require(
+        lambda xp, a: ~xp.any(xp.isnan(a)),
+        log_resp,
+        "log_resp contains NaN; pass the output of e_step(x, params) for finite parameters",
+    )
     check_nonneg(reg_covar, "reg_covar")
     dtype = dtype_of(x, log_resp)
-    return _m_step(x.astype(dtype), log_resp.astype(dtype).T, reg_covar)
+    params = _m_step(x.astype(dtype), log_resp.astype(dtype).T, reg_covar)
+    check_fitted(params, reg_covar, "the M-step produced non-finite parameters")
+    return params
 
 
 def _moment_features(x: Array) -> tuple[Array, Array]:
@@ -143,8 +229,23 @@ def _moment_features(x: Array) -> tuple[Array, Array]:
     return xbar, feats
 
 
-def _m_step(x: Array, log_resp: Array, reg_covar, features: tuple[Array, Array] | None = None) -> GMMParams:
-    """M-step from ``(k, n)`` log responsibilities via the moments of the data about its mean."""
+def _m_step(
+    x: Array,
+    log_resp: Array,
+    reg_covar,
+    features: tuple[Array, Array] | None = None,
+    axis_name: str | None = None,
+) -> GMMParams:
+    """M-step from ``(k, n)`` log responsibilities via the moments of the data about its mean.
+
+    When the moment formula has lost its digits (a Cholesky pivot below ``_MOMENT_RESOLUTION_EPS``
+    epsilons of the second moment about ``x̄``, or a failed Cholesky) the covariances are
+    recomputed centred on the new means (:func:`_centred_covariances`) inside ``lax.cond``: that
+    branch runs only when needed, so well-behaved fits pay one comparison. Under ``vmap`` a
+    batched predicate would turn ``cond`` into a select that always computes both; with
+    ``axis_name`` (the vmapped axis, as in ``fit_restarts``) the predicate is reduced over the
+    batch instead, and each member still takes exactly the covariances its own fit would.
+    """
     d = x.shape[-1]
     dtype = x.dtype
     xbar, feats = _moment_features(x) if features is None else features
@@ -152,15 +253,49 @@ def _m_step(x: Array, log_resp: Array, reg_covar, features: tuple[Array, Array] 
     stats = resp @ feats  # (k, 1 + d + d(d+1)/2): N_j, Σ γ (x - x̄), Σ γ (x - x̄)(x - x̄)ᵀ
     nk = stats[:, 0] + 10 * jnp.finfo(dtype).eps
     shift = stats[:, 1 : 1 + d] / nk[:, None]  # μ_j - x̄
+    means = xbar + shift
     pos = np.zeros((d, d), dtype=np.int64)  # column of F holding (x - x̄)_a (x - x̄)_b
     rows, cols = np.triu_indices(d)
     pos[rows, cols] = pos[cols, rows] = 1 + d + np.arange(rows.size)
-    second = stats[:, pos]  # (k, d, d), symmetric by construction (a gather, no scatter)
-    cov = second / nk[:, None, None] - shift[:, :, None] * shift[:, None, :]
-    cov = cov + jnp.asarray(reg_covar, dtype) * jnp.eye(d, dtype=dtype)
-    scale_tril = cholesky_unrolled(cov)
+    second = stats[:, pos] / nk[:, None, None]  # (k, d, d), symmetric by construction (a gather)
+    cov = second - shift[:, :, None] * shift[:, None, :]
+    ridge = jnp.asarray(reg_covar, dtype) * jnp.eye(d, dtype=dtype)
+    scale_tril = cholesky_unrolled(cov + ridge)
+    floor = _MOMENT_RESOLUTION_EPS * jnp.finfo(dtype).eps * jnp.diagonal(second, 0, -2, -1)
+    pivots = jnp.square(jnp.diagonal(scale_tril, 0, -2, -1))  # NaN where the factorisation failed
+    resolved = jnp.all(pivots >= floor)
+    unresolved = ~resolved
+    if axis_name is not None:
+        unresolved = lax.psum(unresolved.astype(jnp.int32), axis_name) > 0
+
+    def centred() -> Array:
+        cov = _centred_covariances(x, resp, nk, means)
+        trace = jnp.where(jnp.asarray(reg_covar) > 0, jnp.trace(cov, axis1=-2, axis2=-1), 0)
+        jitter = (
+            (_CENTRED_JITTER_EPS * d * jnp.finfo(dtype).eps) * trace[:, None, None] * jnp.eye(d, dtype=dtype)
+        )
+        exact = cholesky_unrolled(cov + jitter + ridge)
+        return jnp.where(resolved, scale_tril, exact)
+
+    scale_tril = lax.cond(unresolved, centred, lambda: scale_tril)
     log_weights = jnp.log(nk) - jnp.log(jnp.sum(nk))
-    return GMMParams(log_weights, xbar + shift, scale_tril)
+    return GMMParams(log_weights, means, scale_tril)
+
+
+def _centred_covariances(x: Array, resp: Array, nk: Array, means: Array) -> Array:
+    """``Σ_j = (1/N_j) Σ_i γ_ji (x_i - μ_j)(x_i - μ_j)ᵀ`` from ``(k, n)`` responsibilities (two-pass:
+    no cancellation), written out per entry for ``d <= UNROLL_MAX_D``."""
+    k, d = means.shape
+    if d > UNROLL_MAX_D:
+        dev = x[None, :, :] - means[:, None, :]
+        return jnp.einsum("kn,kna,knb->kab", resp, dev, dev) / nk[:, None, None]
+    xt = x.T
+    dev = [xt[a][None, :] - means[:, a, None] for a in range(d)]  # d arrays (k, n)
+    entries: dict[tuple[int, int], Array] = {}
+    for a in range(d):
+        for b in range(a + 1):
+            entries[a, b] = entries[b, a] = jnp.sum(resp * dev[a] * dev[b], axis=1) / nk
+    return jnp.stack([jnp.stack([entries[a, b] for b in range(d)], axis=-1) for a in range(d)], axis=-2)
 
 
 def em_step(x: Float[ArrayLike, "n d"], params: GMMParams, *, reg_covar: float = 1e-6) -> GMMParams:
@@ -173,6 +308,9 @@ def em_step(x: Float[ArrayLike, "n d"], params: GMMParams, *, reg_covar: float =
 
     Returns:
         The updated parameters (never lower mean log-likelihood, up to ``reg_covar``).
+
+    Raises:
+        ValueError: as :func:`e_step` and :func:`m_step`.
     """
     return m_step(x, e_step(x, params), reg_covar=reg_covar)
 
@@ -208,26 +346,42 @@ def fit(
 
     Returns:
         ``(params, info)``: the parameters after the last update and an :class:`EMInfo`.
+
+    Raises:
+        ValueError: shapes; bad ``tol``/``max_iter``/``reg_covar``/``floor``; ``n < k``;
+            (concrete) non-finite data or initial parameters; and, for concrete inputs, fitted
+            parameters that are not finite — a covariance became singular because ``reg_covar``
+            is too small (e.g. ``reg_covar=0`` with duplicate points), like scikit-learn's error.
+            Under ``jit`` values are not checked: test ``jnp.isfinite`` on the result, or wrap
+            the call with ``dlx_jax.checked`` to get this error from compiled code.
     """
     k, d = check_params(init_params)
+    check_param_values(init_params)
     x = float_array(x, "x")
     check_x(x, d, batched=False)
-    if not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an int >= 1 (static), got {max_iter!r}")
-    check_nonneg(tol, "tol")
+    check_max_iter(max_iter)
+    check_nonneg(tol, "tol", allow_inf=True)
     check_nonneg(reg_covar, "reg_covar")
     check_nonneg(floor, "floor")
     if x.shape[0] < k:
         raise ValueError(
-            f"k = {k} components need at least k samples, got n = {x.shape[0]}; use fewer components"
+            f"k = {k} components need at least k samples, got n = {x.shape[0]}; use fewer components "
+            "or more data"
         )
     params = cast_params(init_params, x.dtype)
-    return fit_unchecked(x, params, tol=tol, max_iter=max_iter, reg_covar=reg_covar, floor=floor)
+    params, info = fit_unchecked(x, params, tol=tol, max_iter=max_iter, reg_covar=reg_covar, floor=floor)
+    check_fitted(params, reg_covar, "EM produced non-finite parameters")
+    return params, info
 
 
-def fit_unchecked(x, params, *, tol, max_iter, reg_covar, floor):
+def check_max_iter(max_iter: int) -> None:
+    if not isinstance(max_iter, int | np.integer) or isinstance(max_iter, bool) or max_iter < 1:
+        raise ValueError(f"max_iter must be an int >= 1 (static), got {max_iter!r}; pass e.g. max_iter=100")
+
+
+def fit_unchecked(x, params, *, tol, max_iter, reg_covar, floor, axis_name=None):
     """The ``lax.while_loop`` of :func:`fit` on checked, same-dtype arguments (also vmapped by
-    :func:`dlx_jax.mixture.fit_restarts`)."""
+    :func:`dlx_jax.mixture.fit_restarts`, which names the vmapped axis ``axis_name``)."""
     dtype = x.dtype
     features = _moment_features(x)
     log_resp, log_p = _e_step(x, params)
@@ -244,7 +398,7 @@ def fit_unchecked(x, params, *, tol, max_iter, reg_covar, floor):
 
     def body(state):
         t, params, log_resp, prev, trace, exact_trace, _ = state
-        params = _m_step(x, log_resp, reg_covar, features)
+        params = _m_step(x, log_resp, reg_covar, features, axis_name)
         log_resp, log_p = _e_step(x, params)
         obj = jnp.mean(floored(log_p, floor))
         t = t + 1

@@ -16,6 +16,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from dlx_jax._checks import check_finite, require
 from dlx_jax._linalg import UNROLL_MAX_D, precision_cholesky
 
 
@@ -58,6 +59,9 @@ def float_array(x: ArrayLike, name: str) -> Array:
     return x
 
 
+_BUILD = "build params with init_params or gmm_params_from_covariances"
+
+
 def check_params(params: GMMParams) -> tuple[int, int]:
     """Check ranks and shapes of ``params``; return ``(k, d)``."""
     if not isinstance(params, GMMParams):
@@ -69,10 +73,17 @@ def check_params(params: GMMParams) -> tuple[int, int]:
     if len(mu) != 2:
         raise ValueError(f"params.means must have shape (k, d), got {mu}; pass one mean row per component")
     k, d = mu
+    if k < 1 or d < 1:
+        raise ValueError(
+            f"params must have n_components k >= 1 and d >= 1 features, got means of shape {mu}; "
+            "build them with init_params(key, x, k=2) or gmm_params_from_covariances"
+        )
     if lw != (k,):
-        raise ValueError(f"params.log_weights must have shape (k,) = ({k},), got {lw}")
+        raise ValueError(f"params.log_weights must have shape (k,) = ({k},), got {lw}; {_BUILD}")
     if tril != (k, d, d):
-        raise ValueError(f"params.scale_tril must have shape (k, d, d) = ({k}, {d}, {d}), got {tril}")
+        raise ValueError(
+            f"params.scale_tril must have shape (k, d, d) = ({k}, {d}, {d}), got {tril}; {_BUILD}"
+        )
     return k, d
 
 
@@ -81,19 +92,48 @@ def check_x(x: Array, d: int, *, batched: bool, name: str = "x") -> None:
     if batched:
         if x.ndim < 1 or x.shape[-1] != d:
             raise ValueError(
-                f"{name} must have shape (..., d) with d = {d} to match the params, got {x.shape}"
+                f"{name} must have shape (..., d) with d = {d} to match the params, got {x.shape}; "
+                "pass points with the mixture's number of features"
             )
     elif x.ndim != 2 or x.shape[-1] != d:
         raise ValueError(
             f"{name} must have shape (n, d) with d = {d}, got {x.shape}; reshape it to one row per sample"
         )
-    if _is_concrete(x) and x.size and not np.all(np.isfinite(np.asarray(x))):
-        raise ValueError(f"{name} contains NaN or infinite values; remove or impute them before fitting")
+    check_finite(name, x, "remove or impute them before fitting")
 
 
-def check_nonneg(value, name: str) -> None:
-    if _is_concrete(value) and not float(value) >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+_EXAMPLES = {"reg_covar": "1e-6", "tol": "1e-3", "floor": "0.0"}
+
+
+def check_nonneg(value, name: str, *, allow_inf: bool = False) -> None:
+    """A (static or traced) hyper-parameter that must be a finite number >= 0 (``tol`` may be inf)."""
+    if jnp.ndim(value) != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {jnp.shape(value)}; pass e.g. {name}=1e-6")
+    if _is_concrete(value):
+        v = float(value)
+        if not (v >= 0 and (allow_inf or math.isfinite(v))):
+            raise ValueError(
+                f"{name} must be >= 0 and finite, got {value}; pass e.g. {name}={_EXAMPLES.get(name, '0.0')}"
+            )
+
+
+def check_param_values(params: GMMParams) -> None:
+    """Values of ``params``: finite means and factors, a positive factor diagonal, log-weights not
+    NaN or +inf (``-inf``, a zero weight, is allowed). Concrete: raise; traced: ``checked`` mode."""
+    fix = "build params with init_params / gmm_params_from_covariances, or check the fit that made them"
+    require(
+        lambda xp, a: ~xp.any(xp.isnan(a) | (a == xp.inf)),
+        params.log_weights,
+        f"params.log_weights contains NaN or +inf; {fix}",
+    )
+    check_finite("params.means", params.means, fix)
+    check_finite("params.scale_tril", params.scale_tril, f"{fix} (a singular covariance: increase reg_covar)")
+    require(
+        lambda xp, a: xp.all(xp.diagonal(a, 0, -2, -1) > 0),
+        params.scale_tril,
+        "params.scale_tril must have a positive diagonal (lower Cholesky factors); pass "
+        "jnp.linalg.cholesky(covariances)",
+    )
 
 
 def dtype_of(*arrays) -> jnp.dtype:
@@ -136,21 +176,30 @@ def gmm_params_from_covariances(
     )
     weights, means, covariances = (jnp.asarray(a, dtype) for a in (weights, means, covariances))
     if means.ndim != 2:
-        raise ValueError(f"means must have shape (k, d), got {means.shape}")
+        raise ValueError(f"means must have shape (k, d), got {means.shape}; pass one mean row per component")
     k, d = means.shape
     if weights.shape != (k,):
-        raise ValueError(f"weights must have shape (k,) = ({k},) to match means, got {weights.shape}")
+        raise ValueError(
+            f"weights must have shape (k,) = ({k},) to match means, got {weights.shape}; pass one weight per "
+            "component"
+        )
     if covariances.shape != (k, d, d):
-        raise ValueError(f"covariances must have shape (k, d, d) = ({k}, {d}, {d}), got {covariances.shape}")
+        raise ValueError(
+            f"covariances must have shape (k, d, d) = ({k}, {d}, {d}), got {covariances.shape}; pass one "
+            "d x d matrix per component"
+        )
+    for name, arr in (("weights", weights), ("means", means), ("covariances", covariances)):
+        check_finite(name, arr, f"pass finite {name}")
     if _is_concrete(weights, covariances):
         w = np.asarray(weights, dtype=np.float64)
         if np.any(w < 0) or not np.isclose(w.sum(), 1.0, rtol=1e-5, atol=1e-6):
             raise ValueError(
-                f"weights must be >= 0 and sum to 1, got {w.tolist()} (sum {w.sum()}); normalise them"
+                f"weights must be >= 0 and sum to 1, got {w.tolist()} (sum {w.sum()}); normalise them "
+                "(weights / weights.sum())"
             )
         c = np.asarray(covariances, dtype=np.float64)
         if not np.allclose(c, np.swapaxes(c, -1, -2), rtol=1e-5, atol=1e-8 * max(1.0, np.abs(c).max())):
-            raise ValueError("covariances must be symmetric; pass (S + S^T) / 2")
+            raise ValueError("covariances must be symmetric; pass (S + S^T) / 2 for each matrix S")
     scale_tril = jnp.linalg.cholesky(covariances)
     if _is_concrete(scale_tril) and not np.all(np.isfinite(np.asarray(scale_tril))):
         bad = np.nonzero(~np.isfinite(np.asarray(scale_tril)).all(axis=(-1, -2)))[0].tolist()
@@ -185,6 +234,7 @@ def component_log_densities(x: Float[ArrayLike, "*n d"], params: GMMParams) -> F
         ``(..., k)`` log-densities in the common dtype of ``x`` and ``params``.
     """
     k, d = check_params(params)
+    check_param_values(params)
     x = float_array(x, "x")
     check_x(x, d, batched=True)
     dtype = dtype_of(x, *params)
@@ -273,8 +323,9 @@ def sample_gmm(
         ``(n,)`` component index each sample was drawn from.
     """
     k, d = check_params(params)
-    if not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be a non-negative int (static), got {n!r}")
+    check_param_values(params)
+    if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"n must be a non-negative int (static), got {n!r}; pass e.g. n=500")
     key_z, key_eps = jax.random.split(key)
     dtype = params.means.dtype
     labels = jax.random.categorical(key_z, params.log_weights, shape=(n,))

@@ -7,10 +7,18 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from dlx_jax.mixture._em import EMInfo, fit_unchecked
+from dlx_jax._checks import require
+from dlx_jax.mixture._em import (
+    EMInfo,
+    check_fitted,
+    check_max_iter,
+    fit_unchecked,
+    singular_covariance_message,
+)
 from dlx_jax.mixture._model import (
     GMMParams,
     check_nonneg,
@@ -75,16 +83,27 @@ def init_params(
 
     Returns:
         :class:`GMMParams` in the dtype of ``x``.
+
+    Raises:
+        ValueError: ``x`` not ``(n, d)`` or (concrete) not finite; ``k`` not an int in ``1..n``;
+            an unknown ``method``; a negative ``reg_covar``; or (concrete ``x``) a data covariance
+            that is not positive definite — constant or collinear features with ``reg_covar=0``.
     """
     x = float_array(x, "x")
     if x.ndim != 2:
         raise ValueError(f"x must have shape (n, d), got {x.shape}; reshape it to one row per sample")
     check_x(x, x.shape[1], batched=False)
     n, d = x.shape
-    if not isinstance(k, int) or not 1 <= k <= n:
-        raise ValueError(f"k must be an int with 1 <= k <= n = {n}, got {k!r}; use fewer components")
+    if not isinstance(k, int | np.integer) or isinstance(k, bool):
+        raise ValueError(f"k (n_components) must be an int (static), got {k!r}; pass e.g. k=2")
+    if k < 1:
+        raise ValueError(f"k (n_components) must be >= 1, got {k}; pass e.g. k=2")
+    if k > n:
+        raise ValueError(
+            f"k = {k} components need at least k samples, got n = {n}; use fewer components or more data"
+        )
     if method not in INIT_METHODS:
-        raise ValueError(f"method must be one of {INIT_METHODS}, got {method!r}")
+        raise ValueError(f"method must be one of {INIT_METHODS}, got {method!r}; pick one of them")
     check_nonneg(reg_covar, "reg_covar")
     if method == "random_from_data":
         idx = jax.random.choice(key, n, (k,), replace=False)
@@ -92,7 +111,17 @@ def init_params(
     else:
         means = _kmeanspp(key, x, k)
     cov = _data_covariance(x, reg_covar)
-    tril = jnp.broadcast_to(jnp.linalg.cholesky(cov), (k, d, d))
+    chol = jnp.linalg.cholesky(cov)
+    require(
+        lambda xp, a: xp.all(xp.isfinite(a)) & xp.all(xp.diagonal(a) > 0),
+        chol,
+        singular_covariance_message(
+            reg_covar,
+            "init_params: the data covariance (every initial covariance) is not positive definite",
+            "constant or collinear features, or fewer distinct points than features",
+        ),
+    )
+    tril = jnp.broadcast_to(chol, (k, d, d))
     log_weights = jnp.full((k,), -math.log(k), x.dtype)
     return GMMParams(log_weights, means, tril)
 
@@ -147,27 +176,37 @@ def fit_restarts(
 
     Returns:
         ``(best_params, restarts)``: the winning parameters and a :class:`Restarts` record.
+
+    Raises:
+        ValueError: as :func:`init_params` and :func:`fit`; for concrete inputs, also when every
+            restart ended with non-finite parameters (``reg_covar`` too small). A restart that
+            fails while others succeed only gets ``final_log_likelihood = -inf``. (``dlx_jax.checked``
+            cannot wrap this function: checkify does not support a vmapped ``while_loop``; call it
+            eagerly, or check ``jnp.isfinite`` of the result.)
     """
     x = float_array(x, "x")
     if x.ndim != 2:
         raise ValueError(f"x must have shape (n, d), got {x.shape}; reshape it to one row per sample")
-    if not isinstance(n_init, int) or n_init < 1:
-        raise ValueError(f"n_init must be an int >= 1 (static), got {n_init!r}")
+    if not isinstance(n_init, int | np.integer) or isinstance(n_init, bool) or n_init < 1:
+        raise ValueError(f"n_init must be an int >= 1 (static), got {n_init!r}; pass e.g. n_init=10")
     # validate once, eagerly where possible (k, shapes, NaN, tol, ...)
     probe = init_params(key, x, k=k, method=method, reg_covar=reg_covar)
     check_params(probe)
-    if not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an int >= 1 (static), got {max_iter!r}")
-    check_nonneg(tol, "tol")
+    check_max_iter(max_iter)
+    check_nonneg(tol, "tol", allow_inf=True)
     check_nonneg(floor, "floor")
 
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_init))
     inits = jax.vmap(lambda kk: init_params(kk, x, k=k, method=method, reg_covar=reg_covar))(keys)
     params, info = jax.vmap(
-        lambda p: fit_unchecked(x, p, tol=tol, max_iter=max_iter, reg_covar=reg_covar, floor=floor)
+        lambda p: fit_unchecked(
+            x, p, tol=tol, max_iter=max_iter, reg_covar=reg_covar, floor=floor, axis_name="restart"
+        ),
+        axis_name="restart",
     )(inits)
     final = info.exact_log_likelihood_trace[jnp.arange(n_init), info.n_iter]
     final = jnp.where(jnp.isnan(final), -jnp.inf, final)
     best = jnp.argmax(final)
     best_params = jax.tree.map(lambda a: a[best], params)
+    check_fitted(best_params, reg_covar, f"every one of the {n_init} restarts produced non-finite parameters")
     return best_params, Restarts(params, inits, info, final, best)
