@@ -61,6 +61,12 @@ and 3.08 s on 1 thread (1.17); sampling step 0.21 s vs 0.67 s on 2 threads (0.31
 (1.39; alternated A/B runs of the sampling step gave 1.06-1.11 pinned to one core). JAX wins on
 the shared machine only because PyTorch's 2-thread OpenMP runs lose far more to the other jobs;
 per core, PyTorch's oneDNN convolutions remain 10-20 % faster than what XLA:CPU offers here.
+
+On the idle machine (load 1.8 -> 1.6): train step JAX 2.27 s vs PyTorch 1.74 s on 2 threads
+(1.31) and 3.03 s on one; sampling step 0.101 s vs 0.074 s (1.37) and 0.141 s. JAX pinned to one
+core: 3.46 s a train step (1.14x PyTorch's one thread); two cores speed JAX up 1.5x and PyTorch
+1.74x. The kernel-gradient chunk (4/8/16/32 images) moves the 2-core step by under 3 %
+(``experiments/results/benchmarks_diffusion/``).
 """
 
 from __future__ import annotations
