@@ -1,0 +1,58 @@
+"""Compare two output folders of ``python -m experiments``: every step's ``metrics.json`` must be equal
+apart from timings (the keys that ``tests/test_determinism.py`` names: ``*_seconds``/``*_s``, and in the
+benchmarks ``ratio_*`` and ``*_loadavg_*``).
+
+    python .ci/compare_metrics.py BEFORE_DIR AFTER_DIR
+
+Prints one line per step (``same``, or the keys that differ with both values) and exits 1 when any step
+differs or is missing on one side.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def is_timing(step: str, key: str) -> bool:
+    if key.endswith(("_seconds", "_s")):
+        return True
+    return step == "benchmarks" and (key.startswith("ratio_") or "_loadavg_" in key)
+
+
+def without_timings(step: str, value):
+    if isinstance(value, dict):
+        return {k: without_timings(step, v) for k, v in value.items() if not is_timing(step, k)}
+    if isinstance(value, list):
+        return [without_timings(step, v) for v in value]
+    return value
+
+
+def main(before: Path, after: Path) -> int:
+    steps = sorted({p.parent.name for p in before.glob("*/metrics.json")} | {p.parent.name for p in after.glob("*/metrics.json")})
+    failed = 0
+    for step in steps:
+        files = [folder / step / "metrics.json" for folder in (before, after)]
+        if not all(f.is_file() for f in files):
+            print(f"{step:18s} MISSING in {' and '.join(str(f.parent.parent) for f in files if not f.is_file())}")
+            failed += 1
+            continue
+        old, new = (without_timings(step, json.loads(f.read_text())) for f in files)
+        if old == new:
+            print(f"{step:18s} same ({len(old)} non-timing keys)")
+            continue
+        failed += 1
+        keys = sorted(set(old) | set(new))
+        diffs = [k for k in keys if old.get(k, "<absent>") != new.get(k, "<absent>")]
+        print(f"{step:18s} DIFFERENT in {len(diffs)} of {len(keys)} keys")
+        for k in diffs:
+            print(f"    {k}: {str(old.get(k, '<absent>'))[:100]}  ->  {str(new.get(k, '<absent>'))[:100]}")
+    print(f"{len(steps) - failed} of {len(steps)} steps identical apart from timings")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python .ci/compare_metrics.py BEFORE_DIR AFTER_DIR")
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2])))
