@@ -62,7 +62,7 @@ def _check_params(folder: Path, dataset: str) -> Any:
     except Exception as err:  # orbax and tensorstore raise many kinds for a damaged folder
         raise ValueError(
             f"--judge: {folder / 'params'} cannot be read as the CNN's parameters "
-            f"({type(err).__name__}: {str(err)[:200]}): " + _redo(folder, dataset)
+            f"({type(err).__name__}: {' '.join(str(err).split())[:200]}): " + _redo(folder, dataset)
         ) from None
 
 
@@ -74,6 +74,11 @@ def check_judge_folder(folder: Path, dataset: str) -> str:
             f"`python -m experiments.cnn --dataset {dataset} --out {folder}` or pass --judge auto"
         )
     saved = _judge_dataset(folder, dataset)
+    if saved is None and not (folder / "config.json").is_file():
+        raise ValueError(
+            f"--judge: {folder / 'config.json'} is missing: it names the dataset the CNN was trained on; "
+            + _redo(folder, dataset)
+        )
     if saved != dataset:
         raise ValueError(
             f"--judge {folder} was trained on {saved!r}, not on {dataset!r}; judge with a CNN trained on "
