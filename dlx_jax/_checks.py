@@ -274,3 +274,44 @@ def validate_images(x, *, input_dim: int = 784, name: str = "images", flatten: b
         )
     arr = arr.astype(np.float32, copy=False)
     return arr if flatten else arr.reshape(len(arr), *image_shape, 1)
+
+
+# --- timesteps (diffusion) -----------------------------------------------------------------------
+
+
+def check_timesteps(
+    t: Any,
+    num_steps: int,
+    n: int,
+    *,
+    low: int = 1,
+    high: int | None = None,
+    name: str = "t",
+) -> jax.Array:
+    """Diffusion timesteps: an integer scalar or ``(n,)`` and, when concrete (or in :func:`checked`
+    mode), in ``low..high`` (``high`` defaults to ``T = num_steps``); returned as int32.
+
+    The book's ``t`` is 1-based (see :mod:`dlx_jax.diffusion`); ``low=0`` admits "no noise".
+    """
+    high = num_steps if high is None else high
+    t = jnp.asarray(t)
+    if not jnp.issubdtype(t.dtype, jnp.integer):
+        raise ValueError(
+            f"{name} must hold integer timesteps in {low}..{high}, got dtype {t.dtype}; "
+            f"pass e.g. jnp.asarray({name}, jnp.int32)"
+        )
+    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != n):
+        raise ValueError(
+            f"{name} must be a scalar or have shape (n,) = ({n},) (one timestep per example), got "
+            f"{t.shape}; pass one timestep per example"
+        )
+
+    def message(tv: np.ndarray | None) -> str:
+        got = "" if tv is None else f", got values in {tv.min()}..{tv.max()}"
+        return (
+            f"{name} must lie in {low}..{high} (the book's 1-based timesteps; T = {num_steps}){got}; "
+            "draw timesteps with sample_timesteps(key, schedule, n=n) or clip them"
+        )
+
+    require(lambda xp, a: xp.all((a >= low) & (a <= high)) if xp.size(a) else True, t, message)
+    return t.astype(jnp.int32)

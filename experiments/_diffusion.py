@@ -1,5 +1,8 @@
-"""What steps 9 and 10 share: the config, data, the UNet trained through ``dlx_jax.training``,
-compiled samplers, the CNN judge and the Fréchet distance, and the figures.
+"""What steps 9 and 10 share: the config and its checks, the one table of ``--quick`` sizes, the data,
+and the UNet trained through ``dlx_jax.training`` (with the BatchNorm re-estimation its averaged
+weights need). Sampling lives in :mod:`experiments._diffusion_sampling`, the judge and the Fréchet
+distances in :mod:`experiments._diffusion_judge`, shared figures in
+:mod:`experiments._diffusion_figures`.
 
 Timesteps follow the book: ``t`` is 1-based (``t ∈ {1..T}``), the book's array index ``t − 1``;
 ``dlx_jax.diffusion`` keeps its schedule arrays with a leading entry for ``t = 0`` (no noise) so the
@@ -9,11 +12,8 @@ Timesteps follow the book: ``t`` is 1-based (``t ∈ {1..T}``), the book's array
 from __future__ import annotations
 
 import functools
-import json
 import math
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -21,14 +21,25 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dlx_jax import cnn, diffusion, metrics, training, unet
-from experiments import _generative as G
-from experiments._common import StepOutput, plt
+from dlx_jax import diffusion, training, unet
+from experiments import _diffusion_judge, _generative
 
 BOOK_TRAIN_STEPS = 4690  # the book: 10 epochs of 60,000 digits at batch 128 (469 steps each)
-QUICK = {"n_train": 1000, "n_test": 200, "epochs": 2, "features": 8, "num_samples": 20, "judge_epochs": 3}
 JUDGE_EPOCHS = 15
-NUM_CLASSES = 10
+NUM_CLASSES = _diffusion_judge.NUM_CLASSES
+
+#: Every ``--quick`` override of steps 9 and 10, in one place: training images kept, test images kept,
+#: epochs, UNet width, samples per guidance scale, FID samples, judge epochs, BatchNorm passes.
+QUICK = {
+    "n_train": 1000,
+    "n_test": 200,
+    "epochs": 2,
+    "features": 8,
+    "num_samples": 20,
+    "fid_samples": 20,
+    "judge_epochs": 3,
+    "bn_recalibration": 5,
+}
 
 
 @dataclass(frozen=True)
@@ -96,11 +107,48 @@ COMMON_CHOICES = {"dataset": ("mnist-5k", "mnist", "fashion-mnist"), "epoch_mode
 # --- settings and data -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RunSizes:
+    """The sizes a run uses after ``--quick`` (:data:`QUICK`; stated in the metrics)."""
+
+    features: int
+    num_samples: int
+    fid_samples: int
+    judge_epochs: int
+    bn_recalibration: int
+
+
+def run_sizes(config: DiffusionConfig) -> RunSizes:
+    """The config's sizes, capped by :data:`QUICK` under ``--quick``."""
+    if not config.quick:
+        return RunSizes(
+            config.features, config.num_samples, config.fid_samples, JUDGE_EPOCHS, config.bn_recalibration
+        )
+    return RunSizes(
+        features=min(config.features, QUICK["features"]),
+        num_samples=min(config.num_samples, QUICK["num_samples"]),
+        fid_samples=min(config.fid_samples, QUICK["fid_samples"]),
+        judge_epochs=QUICK["judge_epochs"],
+        bn_recalibration=min(config.bn_recalibration, QUICK["bn_recalibration"]),
+    )
+
+
+def quick_note(config: DiffusionConfig, samples: str) -> str:
+    """The metrics' ``quick_note``: what ``--quick`` changed (empty for a full run)."""
+    if not config.quick:
+        return ""
+    return (
+        f"quick mode: width {QUICK['features']}, {QUICK['epochs']} epochs on {QUICK['n_train']:,} digits, "
+        + samples.format(n=QUICK["num_samples"])
+    )
+
+
 def validate(config: DiffusionConfig) -> None:
-    """Raise ``ValueError`` for settings that cannot work (before anything is computed or written).
+    """Raise ``ValueError`` for settings that cannot work (before anything is computed or written),
+    including a ``--judge`` folder the run could not use (:func:`_diffusion_judge.reusable_judge`).
 
     The steps call :func:`experiments._common.check_checkpoints` after their own checks."""
-    G.validate_config(
+    _generative.validate_config(
         config,
         positive=("train_steps", "batch_size", "features", "num_samples", "sample_batch", "ddim_steps"),
     )
@@ -114,8 +162,11 @@ def validate(config: DiffusionConfig) -> None:
         raise ValueError(f"--num-timesteps must be >= 2, got {config.num_timesteps}; the book uses 1000")
     if config.ddim_steps > config.num_timesteps:
         raise ValueError(f"--ddim-steps {config.ddim_steps} exceeds --num-timesteps {config.num_timesteps}")
-    if not config.ddim_eta >= 0:
-        raise ValueError(f"--ddim-eta must be >= 0, got {config.ddim_eta}")
+    if not 0 <= config.ddim_eta <= 1:
+        raise ValueError(
+            f"--ddim-eta must be in [0, 1], got {config.ddim_eta}: 0 = deterministic DDIM, 1 = DDPM-like "
+            "noise (η > 1 leaves the schedule's variance)"
+        )
     if config.epoch_mode not in COMMON_CHOICES["epoch_mode"]:
         raise ValueError(f"--epoch-mode must be stepped or scan, got {config.epoch_mode!r}")
     if not 0 <= config.ema_decay < 1:
@@ -125,25 +176,7 @@ def validate(config: DiffusionConfig) -> None:
     if config.ema_warmup < 0:
         raise ValueError(f"--ema-warmup must be >= 0, got {config.ema_warmup}")
     schedule(config)  # β range / order errors from dlx_jax.diffusion
-    if config.judge != "auto":
-        check_judge_folder(Path(config.judge), config.dataset)
-
-
-def settings(config: DiffusionConfig) -> dict[str, Any]:
-    """The sizes a run uses after ``--quick`` (stated in the metrics)."""
-    if config.quick:
-        return {
-            "features": min(config.features, QUICK["features"]),
-            "num_samples": min(config.num_samples, QUICK["num_samples"]),
-            "fid_samples": min(config.fid_samples, QUICK["num_samples"]),
-            "judge_epochs": QUICK["judge_epochs"],
-        }
-    return {
-        "features": config.features,
-        "num_samples": config.num_samples,
-        "fid_samples": config.fid_samples,
-        "judge_epochs": JUDGE_EPOCHS,
-    }
+    _diffusion_judge.reusable_judge(config)
 
 
 def schedule(config: DiffusionConfig) -> diffusion.Schedule:
@@ -152,15 +185,17 @@ def schedule(config: DiffusionConfig) -> diffusion.Schedule:
 
 def load_images(config: DiffusionConfig) -> dict[str, np.ndarray]:
     """Float32 ``(n, 28, 28, 1)`` images in [0, 1] and int32 labels, through the generative steps'
-    shared loader (quick: 1,000 / 200 evenly spaced images, every class kept)."""
-    data = G.load_images(config, flat=False, quick_train=QUICK["n_train"], quick_test=QUICK["n_test"])
+    shared loader (quick: :data:`QUICK` evenly spaced images, every class kept)."""
+    quick = {"quick_train": QUICK["n_train"], "quick_test": QUICK["n_test"]}
+    data = _generative.load_images(config, flat=False, **quick)
     data["y_train"] = np.asarray(data["y_train"], np.int32)
     data["y_test"] = np.asarray(data["y_test"], np.int32)
     return data
 
 
 def epochs_for(config: DiffusionConfig, n_train: int) -> int:
-    """``--epochs``, or the epochs that make ``--train-steps`` optimizer steps (quick: 2)."""
+    """``--epochs``, or the epochs that make ``--train-steps`` optimizer steps (quick: at most
+    :data:`QUICK`'s)."""
     if config.quick:
         return min(config.epochs or QUICK["epochs"], QUICK["epochs"])
     if config.epochs is not None:
@@ -172,7 +207,7 @@ def epochs_for(config: DiffusionConfig, n_train: int) -> int:
 
 
 def build_model(config: DiffusionConfig, *, conditional: bool) -> unet.UNet:
-    return unet.UNet(features=settings(config)["features"], num_labels=NUM_CLASSES if conditional else None)
+    return unet.UNet(features=run_sizes(config).features, num_labels=NUM_CLASSES if conditional else None)
 
 
 def train(
@@ -190,7 +225,7 @@ def train(
     """
     key_init, key_fit = jax.random.split(key)
     # one compiled init instead of one small compilation per layer (LLVM -O1: it runs once)
-    init = jax.jit(functools.partial(unet.init, model=model), compiler_options=G.FAST_COMPILE)
+    init = jax.jit(functools.partial(unet.init, model=model), compiler_options=_generative.FAST_COMPILE)
     params, batch_stats = init(key_init)
     optimizer = optax.adam(config.lr)
     state = training.init_state(params, optimizer, model_state=batch_stats, ema=True)
@@ -204,14 +239,14 @@ def train(
         epoch_fn = training.make_stepped_epoch_fn(step, batch_size=config.batch_size)
     train_set = (jnp.asarray(data["x_train"]), jnp.asarray(data["y_train"]))
     epochs = epochs_for(config, len(data["x_train"]))
-    full_fingerprint = G.fingerprint(
+    full_fingerprint = _generative.fingerprint(
         config,
         model=f"unet-{model.features}-labels{model.num_labels or 0}",
         n_train=len(data["x_train"]),
         fields=("num_timesteps", "beta_start", "beta_end", "ema_decay", "ema_warmup"),
         **fingerprint,
     )
-    state, history, seconds = G.train(
+    state, history, seconds = _generative.train(
         config, key_fit, state, train_set, epoch_fn=epoch_fn, epochs=epochs, fingerprint=full_fingerprint
     )
     info = {
@@ -256,8 +291,7 @@ def recalibrate_batch_stats(
         mask = jnp.ones((n,), jnp.float32) if model.num_labels else None
         return apply_fn(params, stats, xt, t, labels, mask, train=True)[1]
 
-    passes = min(config.bn_recalibration, 5) if config.quick else config.bn_recalibration
-    for i in range(passes):
+    for i in range(run_sizes(config).bn_recalibration):
         batch_stats = one_pass(batch_stats, jax.random.fold_in(key, i))
     return batch_stats
 
@@ -273,249 +307,3 @@ def training_metrics(
         "epoch_seconds": history["epoch_seconds"],
         **info,
     }
-
-
-# --- sampling ----------------------------------------------------------------------------------------
-
-
-_EXECUTABLES: dict[tuple, Any] = {}
-
-
-def _sampler_executable(spec: tuple, args: tuple) -> Any:
-    """The sampler ``run(key, params, stats, labels, gamma)`` for ``spec = (features, num_labels,
-    schedule settings, kind, n, ddim_steps, eta, trajectory_every, has_labels, has_gamma)``,
-    compiled ahead of time once per process (so sampling seconds exclude compilation)."""
-    if spec in _EXECUTABLES:
-        return _EXECUTABLES[spec]
-    (features, num_labels), sched_key, kind, n, ddim_steps, eta, every = spec[:7]
-    sched = diffusion.linear_schedule(*sched_key)
-    apply_fn = unet.make_apply_fn(unet.UNet(features=features, num_labels=num_labels))
-
-    def run(key, params, batch_stats, labels, gamma):
-        eps_fn = diffusion.make_eps_fn(apply_fn, params, batch_stats)
-        options = {"shape": (n, 28, 28, 1), "labels": labels, "gamma": gamma, "trajectory_every": every}
-        if kind == "ddpm":
-            return diffusion.ddpm_sample(key, eps_fn, sched, **options)
-        return diffusion.ddim_sample(key, eps_fn, sched, num_steps=ddim_steps, eta=eta, **options)
-
-    _EXECUTABLES[spec] = jax.jit(run).lower(*args).compile()
-    return _EXECUTABLES[spec]
-
-
-def sample(
-    config: DiffusionConfig,
-    model: unet.UNet,
-    params: Any,
-    batch_stats: Any,
-    key: jax.Array,
-    *,
-    n: int,
-    kind: str,
-    labels: np.ndarray | None = None,
-    gamma: float | None = None,
-    trajectory: bool = False,
-) -> tuple[Any, float]:
-    """``n`` samples in chunks of ``--sample-batch`` (chunk ``i`` uses ``fold_in(key, i)``), and the
-    sampling seconds (compilation excluded).
-
-    With ``trajectory`` also the first chunk's denoising trajectory (every tenth step):
-    ``((x0, trajectory, trajectory_t), seconds)``.
-    """
-    sched_key = (config.num_timesteps, config.beta_start, config.beta_end)
-    model_key = (model.features, model.num_labels)
-    # one executable per sampler and batch size: every call records the trajectory (11 snapshots,
-    # cheap) so the figures' calls and the judged calls share one compilation
-    every = max(1, (config.num_timesteps if kind == "ddpm" else config.ddim_steps) // 10)
-    chunk = min(config.sample_batch, n)
-    g = None if gamma is None else jnp.float32(gamma)
-    outs, seconds = [], 0.0
-    for i in range(math.ceil(n / chunk)):
-        lab = None
-        if labels is not None:
-            lab = jnp.asarray(np.resize(np.asarray(labels[i * chunk : (i + 1) * chunk], np.int32), chunk))
-        k = jax.random.fold_in(key, i)
-        spec = (
-            model_key,
-            sched_key,
-            kind,
-            chunk,
-            config.ddim_steps,
-            config.ddim_eta,
-            every,
-            lab is None,
-            g is None,
-        )
-        exe = _sampler_executable(spec, (k, params, batch_stats, lab, g))
-        start = time.perf_counter()
-        x = jax.block_until_ready(exe(k, params, batch_stats, lab, g))
-        seconds += time.perf_counter() - start
-        outs.append(jax.tree_util.tree_map(np.asarray, x))
-    x0 = np.concatenate([o[0] for o in outs])[:n]
-    if trajectory:
-        return (x0, outs[0][1], outs[0][2]), seconds
-    return x0, seconds
-
-
-# --- the judge ------------------------------------------------------------------------------------------
-
-
-def _judge_dataset(folder: Path) -> str | None:
-    cfg = folder / "config.json"
-    if not cfg.is_file():
-        return None
-    return json.loads(cfg.read_text()).get("dataset")
-
-
-def check_judge_folder(folder: Path, dataset: str) -> str:
-    """Raise ``ValueError`` unless ``folder`` holds a CNN run on ``dataset``; return the dataset."""
-    if not (folder / "params").exists():
-        raise ValueError(
-            f"--judge {folder} holds no trained CNN (no params folder); run "
-            f"`python -m experiments.cnn --dataset {dataset} --out {folder}` or pass --judge auto"
-        )
-    saved = _judge_dataset(folder)
-    if saved != dataset:
-        raise ValueError(
-            f"--judge {folder} was trained on {saved!r}, not on {dataset!r}; judge with a CNN trained on "
-            f"the same data (`python -m experiments.cnn --dataset {dataset}`) or pass --judge auto"
-        )
-    return saved
-
-
-def judge(config: DiffusionConfig, data: dict[str, np.ndarray], key: jax.Array) -> tuple[Any, dict[str, Any]]:
-    """The CNN that judges samples: reused from an ``experiments.cnn`` run on the same dataset, or
-    trained here first (and saved as ``OUT/judge``). Returns ``(params, info)``."""
-    if config.judge != "auto":
-        folder = Path(config.judge)
-        saved = check_judge_folder(folder, config.dataset)
-        params = training.load_params(folder / "params", cnn.init_params(jax.random.key(0)))
-        return params, {"judge_source": f"reused {folder} ({saved})"}
-    sibling = Path(config.out).parent / "cnn"
-    if (sibling / "params").exists() and _judge_dataset(sibling) == config.dataset:
-        params = training.load_params(sibling / "params", cnn.init_params(jax.random.key(0)))
-        return params, {"judge_source": f"reused {sibling} ({config.dataset})"}
-    return train_judge(config, data, key)
-
-
-def train_judge(
-    config: DiffusionConfig, data: dict[str, np.ndarray], key: jax.Array
-) -> tuple[Any, dict[str, Any]]:
-    """Train the project's CNN (Adam 1e-3, batch 128) on the training images through ``training.fit``."""
-    epochs = settings(config)["judge_epochs"]
-    key_init, key_fit = jax.random.split(key)
-    optimizer = optax.adam(1e-3)
-    params = cnn.init_params(key_init)
-
-    step = training.make_train_step(cnn.train_loss, optimizer)
-    epoch_fn = jax.jit(training.make_epoch_fn(step, batch_size=min(128, len(data["x_train"]))))
-    state, _ = training.fit(
-        key_fit,
-        training.init_state(params, optimizer),
-        (jnp.asarray(data["x_train"]), jnp.asarray(data["y_train"])),
-        epoch_fn=epoch_fn,
-        epochs=epochs,
-        desc="judge cnn",
-    )
-    note = f"trained here first: {epochs} epochs on {len(data['x_train'])} {config.dataset} images"
-    return state.params, {"judge_source": note}
-
-
-@jax.jit
-def _judge_outputs(params, x):
-    return cnn.features(params, x), jnp.argmax(cnn.apply(params, x), axis=-1)
-
-
-def judge_outputs(params: Any, x: np.ndarray, chunk: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    """Penultimate features (float64) and predicted labels of the judge for images in [0, 1]."""
-    feats, preds = [], []
-    for i in range(0, len(x), chunk):
-        xb = np.clip(x[i : i + chunk], 0.0, 1.0).astype(np.float32)
-        f, p = _judge_outputs(params, jnp.asarray(xb))
-        feats.append(np.asarray(f, np.float64))
-        preds.append(np.asarray(p))
-    return np.concatenate(feats), np.concatenate(preds)
-
-
-def fid(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between two feature sets, in float64."""
-    with jax.enable_x64(True):
-        return float(metrics.frechet_distance(jnp.asarray(a, jnp.float64), jnp.asarray(b, jnp.float64)))
-
-
-def judge_baselines(params: Any, data: dict[str, np.ndarray], n: int) -> tuple[dict[str, Any], np.ndarray]:
-    """``judge_test_accuracy`` (the ceiling), ``fid_real_floor`` (``n`` train vs ``n`` test images) and
-    the test features every sample FID is measured against."""
-    test_feats, test_preds = judge_outputs(params, data["x_test"])
-    m = min(n, len(data["x_test"]), len(data["x_train"]))
-    pick = np.linspace(0, len(data["x_train"]) - 1, m).astype(int)
-    train_feats, _ = judge_outputs(params, data["x_train"][pick])
-    sub = np.linspace(0, len(data["x_test"]) - 1, m).astype(int)
-    info = {
-        "judge_test_accuracy": float(np.mean(test_preds == data["y_test"])),
-        "fid_real_floor": fid(train_feats, test_feats[sub]),
-        "fid_num_images": m,
-    }
-    return info, test_feats[sub]
-
-
-# --- figures -------------------------------------------------------------------------------------------
-
-
-def show_grid(out: StepOutput, images: np.ndarray, rows: int, cols: int, title: str, name: str, **kw) -> None:
-    fig, ax = plt.subplots(figsize=(cols * 0.7 + 0.4, rows * 0.7 + 0.6))
-    ax.imshow(np.clip(G.grid(images, rows, cols), 0, 1), cmap="gray", vmin=0, vmax=1)
-    ax.set_title(title, fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks(kw.get("yticks", []), kw.get("yticklabels", []))
-    out.figure(fig, name)
-
-
-def loss_figure(out: StepOutput, history: dict[str, list], title: str, book_final: float) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    loss = history["loss"]
-    ax.plot(np.arange(1, len(loss) + 1), loss, marker="o", ms=2)
-    ax.axhline(book_final, color="gray", ls="--", lw=1, label=f"book's final loss {book_final}")
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("noise-prediction MSE (mean over the epoch)")
-    ax.set_title(title)
-    ax.legend()
-    out.figure(fig, "loss_curve")
-
-
-def trajectory_figure(out: StepOutput, traj: np.ndarray, ts: np.ndarray, title: str) -> None:
-    """Rows = images, columns = x_t at the trajectory's timesteps (t = T ... 0)."""
-    n_img = min(traj.shape[1], 4)
-    fig, axes = plt.subplots(n_img, len(ts), figsize=(len(ts) * 0.8, n_img * 0.85 + 0.4), squeeze=False)
-    for r in range(n_img):
-        for c, t in enumerate(ts):
-            ax = axes[r, c]
-            ax.imshow(np.clip(traj[c, r, ..., 0], 0, 1), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"t={int(t)}", fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    out.figure(fig, "denoising_trajectory")
-
-
-def sample_sheet(
-    judge_params: Any,
-    samples: np.ndarray,
-    test_feats: np.ndarray,
-    labels: np.ndarray | None = None,
-    *,
-    n_fid: int | None = None,
-) -> dict[str, Any]:
-    """FID of the first ``n_fid`` samples (default: all) against the test features, the judge's label
-    histogram, and (with labels) the fraction judged as their conditioning label, overall and per class."""
-    feats, preds = judge_outputs(judge_params, samples)
-    out: dict[str, Any] = {
-        "fid": fid(feats[: n_fid or len(feats)], test_feats),
-        "class_fractions": np.bincount(preds, minlength=NUM_CLASSES) / len(preds),
-    }
-    if labels is not None:
-        hit = preds == labels[: len(preds)]
-        out["accuracy"] = float(np.mean(hit))
-        out["accuracy_per_class"] = [float(np.mean(hit[labels == c])) for c in range(NUM_CLASSES)]
-    return out

@@ -14,6 +14,7 @@ digits, 20 judged samples — a smoke run, not a model.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,19 +23,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlx_jax import diffusion
-from experiments import _diffusion as D
+from experiments import _diffusion, _diffusion_figures, _diffusion_judge, _diffusion_sampling
 from experiments._common import StepOutput, check_checkpoints, cli, plt
 
 BOOK_FINAL_LOSS = 0.0181
 
 
 @dataclass(frozen=True)
-class Config(D.DiffusionConfig):
+class Config(_diffusion.DiffusionConfig):
     out: str = "outputs/step09_diffusion"
 
     SUMMARY = ("final_loss", "sample_fid_ddpm", "sample_fid_ddim", "fid_real_floor", "train_steps")
-    HELP = D.COMMON_HELP
-    CHOICES = D.COMMON_CHOICES
+    HELP = _diffusion.COMMON_HELP
+    CHOICES = _diffusion.COMMON_CHOICES
 
 
 def photo() -> np.ndarray:
@@ -57,7 +58,7 @@ def figure_timesteps(config: Config) -> list[int]:
 
 def forward_rows(config: Config, digit: np.ndarray, key: jax.Array) -> dict[str, list[np.ndarray]]:
     """x_t of the photo and of a digit at t = 0, 100, ..., 1000 with one ε each (closed form)."""
-    sched = D.schedule(config)
+    sched = _diffusion.schedule(config)
     ts = figure_timesteps(config)
     key_photo, key_digit = jax.random.split(key)
     rows = {}
@@ -90,77 +91,96 @@ def forward_figure(out: StepOutput, config: Config, rows: dict[str, list[np.ndar
 
 
 def main(config: Config) -> dict:
-    D.validate(config)
+    _diffusion.validate(config)
     check_checkpoints(config)
-    data = D.load_images(config)
-    sizes = D.settings(config)
+    data = _diffusion.load_images(config)
+    sizes = _diffusion.run_sizes(config)
     key_fwd, key_train, key_judge, key_s = jax.random.split(jax.random.key(config.seed), 4)
-    model = D.build_model(config, conditional=False)
-    state, history, info = D.train(config, model, data, key_train, loss_options={}, fingerprint={"step": 9})
-
-    rows = forward_rows(config, data["x_test"][0], key_fwd)
-    judge_params, judge_info = D.judge(config, data, key_judge)
-    base, test_feats = D.judge_baselines(judge_params, data, sizes["fid_samples"])
-    n = base["fid_num_images"]
-    ema, raw, raw_stats = state.ema_params, state.params, state.model_state
-    k_grid, k_ddpm, k_ddim, k_bn = jax.random.split(key_s, 4)
-    stats = D.recalibrate_batch_stats(config, model, ema, raw_stats, data, k_bn)  # for the EMA weights
-
-    (x_grid, traj, traj_t), ddpm_s = D.sample(
-        config, model, ema, stats, k_grid, n=20, kind="ddpm", trajectory=True
+    model = _diffusion.build_model(config, conditional=False)
+    state, history, info = _diffusion.train(
+        config, model, data, key_train, loss_options={}, fingerprint={"step": 9}
     )
-    ddim_grid, ddim_s = D.sample(config, model, ema, stats, k_grid, n=20, kind="ddim")
-    raw_grid, _ = D.sample(config, model, raw, raw_stats, k_grid, n=20, kind="ddim")
+    rows = forward_rows(config, data["x_test"][0], key_fwd)
+    judge_params, judge_info = _diffusion_judge.judge(config, data, key_judge, epochs=sizes.judge_epochs)
+    base, test_feats = _diffusion_judge.judge_baselines(judge_params, data, sizes.fid_samples)
+    samples = draw_samples(config, model, state, data, key_s, n_fid=base["fid_num_images"])
 
     m: dict[str, Any] = {
-        **D.training_metrics(history, info, BOOK_FINAL_LOSS),
+        **_diffusion.training_metrics(history, info, BOOK_FINAL_LOSS),
         **judge_info,
         **base,
         "photo_mean_at_T": float(np.mean(rows["photo"][-1])),
         "photo_std_at_T": float(np.std(rows["photo"][-1])),
-        "ddpm_sample_seconds": ddpm_s,
-        "ddim_sample_seconds": ddim_s,
+        "ddpm_sample_seconds": samples["grid"].seconds,
+        "ddim_sample_seconds": samples["ddim_grid"].seconds,
         "sampling_note": f"seconds for 20 images: {config.num_timesteps}-step DDPM, "
         f"{config.ddim_steps}-step DDIM",
     }
-    judged = {}
-    if config.ddpm_fid:
-        judged["ddpm"] = D.sample(config, model, ema, stats, k_ddpm, n=n, kind="ddpm")[0]
-    judged["ddim"] = D.sample(config, model, ema, stats, k_ddim, n=n, kind="ddim")[0]
-    judged["ddim_no_ema"] = D.sample(config, model, raw, raw_stats, k_ddim, n=n, kind="ddim")[0]
-    for name, imgs in judged.items():
-        sheet = D.sample_sheet(judge_params, imgs, test_feats)
-        m[f"sample_fid_{name}"] = sheet["fid"]
-        m[f"sample_class_fractions_{name}"] = sheet["class_fractions"]
+    for name in ("ddpm", "ddim", "ddim_no_ema"):
+        if name in samples:
+            sheet = _diffusion_judge.sample_sheet(judge_params, samples[name].x0, test_feats)
+            m[f"sample_fid_{name}"] = sheet["fid"]
+            m[f"sample_class_fractions_{name}"] = sheet["class_fractions"]
+    n = base["fid_num_images"]
     m["fid_note"] = (
         f"Fréchet distance of the judge CNN's 1600-d penultimate features, {n} samples vs "
-        f"{base['fid_num_images']} test images; floor = {base['fid_num_images']} training vs test images"
+        f"{n} test images; floor = {n} training vs test images"
     )
-    m["quick_note"] = (
-        "quick mode: width 8, 2 epochs on 1,000 digits, 20 judged samples (a smoke run)"
-        if config.quick
-        else ""
-    )
+    m["quick_note"] = _diffusion.quick_note(config, "{n} judged samples (a smoke run)")
 
     with StepOutput(config, checkpoints=True) as out:
         if out.plots:
-            forward_figure(out, config, rows)
-            D.show_grid(
-                out, x_grid, 2, 10, f"DDPM ({config.num_timesteps} steps, EMA weights): 20 samples", "samples"
-            )
-            D.show_grid(
-                out,
-                np.concatenate([ddim_grid[:10], raw_grid[:10]]),
-                2,
-                10,
-                f"DDIM {config.ddim_steps} steps, same noise: EMA weights (top) vs raw weights (bottom)",
-                "samples_ema_vs_raw",
-                yticks=[14, 42],
-                yticklabels=["EMA", "raw"],
-            )
-            D.trajectory_figure(out, traj, traj_t, "Denoising: x_T → x_0 (DDPM, EMA weights)")
-            D.loss_figure(out, history, "Step 9 — DDPM training loss", BOOK_FINAL_LOSS)
+            figures(out, config, rows, samples, history)
         return out.finish(m)
+
+
+def draw_samples(
+    config: Config, model: Any, state: Any, data: dict, key: jax.Array, *, n_fid: int
+) -> dict[str, _diffusion_sampling.Samples]:
+    """The grids (20 images: DDPM with its trajectory, DDIM with EMA and with raw weights, same noise)
+    and the judged samples (``n_fid`` each: DDPM if ``--ddpm-fid``, DDIM, DDIM without EMA). The EMA
+    weights are sampled with BatchNorm statistics re-estimated for them."""
+    ema, raw, raw_stats = state.ema_params, state.params, state.model_state
+    k_grid, k_ddpm, k_ddim, k_bn = jax.random.split(key, 4)
+    stats = _diffusion.recalibrate_batch_stats(config, model, ema, raw_stats, data, k_bn)
+    sample = functools.partial(_diffusion_sampling.sample, config, model)
+    samples = {
+        "grid": sample(ema, stats, k_grid, n=20, kind="ddpm"),
+        "ddim_grid": sample(ema, stats, k_grid, n=20, kind="ddim"),
+        "raw_grid": sample(raw, raw_stats, k_grid, n=20, kind="ddim"),
+    }
+    if config.ddpm_fid:
+        samples["ddpm"] = sample(ema, stats, k_ddpm, n=n_fid, kind="ddpm")
+    samples["ddim"] = sample(ema, stats, k_ddim, n=n_fid, kind="ddim")
+    samples["ddim_no_ema"] = sample(raw, raw_stats, k_ddim, n=n_fid, kind="ddim")
+    return samples
+
+
+def figures(out: StepOutput, config: Config, rows: dict, samples: dict, history: dict) -> None:
+    forward_figure(out, config, rows)
+    _diffusion_figures.show_grid(
+        out,
+        samples["grid"].x0,
+        2,
+        10,
+        f"DDPM ({config.num_timesteps} steps, EMA weights): 20 samples",
+        "samples",
+    )
+    _diffusion_figures.show_grid(
+        out,
+        np.concatenate([samples["ddim_grid"].x0[:10], samples["raw_grid"].x0[:10]]),
+        2,
+        10,
+        f"DDIM {config.ddim_steps} steps, same noise: EMA weights (top) vs raw weights (bottom)",
+        "samples_ema_vs_raw",
+        yticks=[14, 42],
+        yticklabels=["EMA", "raw"],
+    )
+    trajectory = samples["grid"].trajectory
+    _diffusion_figures.trajectory_figure(
+        out, trajectory.xs, trajectory.ts, "Denoising: x_T → x_0 (DDPM, EMA weights)"
+    )
+    _diffusion_figures.loss_figure(out, history, "Step 9 — DDPM training loss", BOOK_FINAL_LOSS)
 
 
 if __name__ == "__main__":

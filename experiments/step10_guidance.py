@@ -17,6 +17,7 @@ against γ, the loss curve. ``--quick``: width 8, 2 epochs on 1,000 digits, 20 s
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -24,14 +25,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from experiments import _diffusion as D
+from experiments import _diffusion, _diffusion_figures, _diffusion_judge, _diffusion_sampling
 from experiments._common import StepOutput, check_checkpoints, cli, plt
 
+NUM_CLASSES = _diffusion.NUM_CLASSES
 BOOK_FINAL_LOSS = 0.0176  # the book's CFG model (conditional without dropping: 0.0178)
 
 
 @dataclass(frozen=True)
-class Config(D.DiffusionConfig):
+class Config(_diffusion.DiffusionConfig):
     out: str = "outputs/step10_guidance"
     label_drop: float = 0.1
     drop_mode: str = "batch"
@@ -41,14 +43,18 @@ class Config(D.DiffusionConfig):
 
     SUMMARY = ("final_loss", "cfg_accuracy", "sample_fid_ddim", "sample_fid_ddpm", "fid_real_floor")
     HELP = {
-        **D.COMMON_HELP,
+        **_diffusion.COMMON_HELP,
         "label_drop": "probability of dropping labels in training (book: 0.1; 0 = plain conditional model)",
         "drop_mode": "batch: drop the whole batch's labels (book); example: drop each example's label",
         "gamma": "guidance scale γ for the sample grid and the FID samples (book: 3)",
         "gammas": "comma-separated guidance scales of the sweep (γ = 0 unconditional, 1 conditional)",
         "sweep_sampler": "sampler for the guidance sweep: ddim (--ddim-steps) or ddpm (T steps)",
     }
-    CHOICES = {**D.COMMON_CHOICES, "drop_mode": ("batch", "example"), "sweep_sampler": ("ddim", "ddpm")}
+    CHOICES = {
+        **_diffusion.COMMON_CHOICES,
+        "drop_mode": ("batch", "example"),
+        "sweep_sampler": ("ddim", "ddpm"),
+    }
 
 
 def parse_gammas(text: str) -> list[float]:
@@ -63,11 +69,18 @@ def parse_gammas(text: str) -> list[float]:
 
 
 def validate(config: Config) -> list[float]:
-    D.validate(config)
+    """Check the settings (all before training); return the guidance scales to sweep."""
+    _diffusion.validate(config)
     if not 0 <= config.label_drop <= 1:
         raise ValueError(f"--label-drop must be a probability in [0, 1], got {config.label_drop}")
     if not (math.isfinite(config.gamma) and config.gamma >= 0):
         raise ValueError(f"--gamma must be >= 0 (0 = unconditional, 1 = conditional), got {config.gamma}")
+    if config.num_samples < NUM_CLASSES:
+        raise ValueError(
+            f"--num-samples must be >= {NUM_CLASSES} for step 10, got {config.num_samples}: the samples are "
+            f"conditioned on labels i % {NUM_CLASSES} and cfg_accuracy_per_class needs every class; pass "
+            f"--num-samples {NUM_CLASSES} or more"
+        )
     gammas = parse_gammas(config.gammas)
     if config.gamma not in gammas:
         gammas.append(config.gamma)
@@ -75,17 +88,12 @@ def validate(config: Config) -> list[float]:
     return gammas
 
 
-def _guided(config: Config, model, params, stats, key, *, n: int, gamma: float, kind: str):
-    """``n`` samples with labels ``i % 10`` at guidance ``γ``: γ = 0 runs the unconditional model and
-    γ = 1 the conditional one (one forward pass each), other γ the doubled batch."""
-    labels = np.arange(n, dtype=np.int32) % D.NUM_CLASSES
+def condition_for(gamma: float) -> str:
+    """The ε-function transform for guidance ``γ``: γ = 0 is the unconditional model and γ = 1 the
+    conditional one (one forward pass each); any other γ guides with the doubled batch."""
     if gamma == 0:
-        x, s = D.sample(config, model, params, stats, key, n=n, kind=kind)
-    elif gamma == 1:
-        x, s = D.sample(config, model, params, stats, key, n=n, kind=kind, labels=labels)
-    else:
-        x, s = D.sample(config, model, params, stats, key, n=n, kind=kind, labels=labels, gamma=gamma)
-    return x, labels, s
+        return "unconditional"
+    return "conditional" if gamma == 1 else "guided"
 
 
 def _tag(gamma: float) -> str:
@@ -94,59 +102,34 @@ def _tag(gamma: float) -> str:
 
 def main(config: Config) -> dict:
     gammas = validate(config)
-    data = D.load_images(config)
-    sizes = D.settings(config)
-    n = sizes["num_samples"]
+    data = _diffusion.load_images(config)
+    sizes = _diffusion.run_sizes(config)
     key_train, key_judge, key_s = jax.random.split(jax.random.key(config.seed), 3)
-    model = D.build_model(config, conditional=True)
+    model = _diffusion.build_model(config, conditional=True)
     loss_options = {
         "conditional": True,
         "label_drop": config.label_drop,
         "drop_mode": config.drop_mode,
-        "num_classes": D.NUM_CLASSES,
+        "num_classes": NUM_CLASSES,
     }
     fingerprint = {"step": 10, "label_drop": config.label_drop, "drop_mode": config.drop_mode}
-    state, history, info = D.train(config, model, data, key_train, loss_options=loss_options,
-                                   fingerprint=fingerprint)  # fmt: skip
-    judge_params, judge_info = D.judge(config, data, key_judge)
-    base, test_feats = D.judge_baselines(judge_params, data, sizes["fid_samples"])
-    n_fid = base["fid_num_images"]
-    key_s, k_bn = jax.random.split(key_s)
-    ema = state.ema_params
-    stats = D.recalibrate_batch_stats(
-        config, model, ema, state.model_state, data, k_bn
-    )  # for the EMA weights
+    state, history, info = _diffusion.train(config, model, data, key_train, loss_options=loss_options,
+                                            fingerprint=fingerprint)  # fmt: skip
+    judge_params, judge_info = _diffusion_judge.judge(config, data, key_judge, epochs=sizes.judge_epochs)
+    base, test_feats = _diffusion_judge.judge_baselines(judge_params, data, sizes.fid_samples)
+    judged = functools.partial(_diffusion_judge.sample_sheet, judge_params, test_feats=test_feats)
+    sweep = guidance_sweep(config, model, state, data, key_s, gammas, judged, n=sizes.num_samples,
+                           n_fid=base["fid_num_images"])  # fmt: skip
 
+    n, n_fid, other = sizes.num_samples, base["fid_num_images"], sweep["other"]
     m: dict[str, Any] = {
-        **D.training_metrics(history, info, BOOK_FINAL_LOSS),
+        **_diffusion.training_metrics(history, info, BOOK_FINAL_LOSS),
         **judge_info,
         **base,
         "cfg_gammas": gammas,
         "sweep_sampler": config.sweep_sampler,
+        **sweep["metrics"],
     }
-    accuracy, per_class, shown = [], {}, {}
-    k_sweep, k_ddpm = jax.random.split(key_s)
-    for gamma in gammas:  # the same key for every γ: the same starting noise, only the guidance differs
-        x, labels, seconds = _guided(
-            config, model, ema, stats, k_sweep, n=n, gamma=gamma, kind=config.sweep_sampler
-        )
-        sheet = D.sample_sheet(judge_params, x, test_feats, labels, n_fid=n_fid)
-        accuracy.append(sheet["accuracy"])
-        per_class[gamma] = sheet["accuracy_per_class"]
-        m[f"cfg_accuracy_{_tag(gamma)}"] = sheet["accuracy"]
-        m[f"cfg_accuracy_per_class_{_tag(gamma)}"] = sheet["accuracy_per_class"]
-        shown[gamma] = x
-        if gamma == config.gamma:
-            m[f"sample_fid_{config.sweep_sampler}"] = sheet["fid"]
-            m[f"{config.sweep_sampler}_sample_seconds"] = seconds
-    m["cfg_accuracy"] = accuracy
-    other = "ddpm" if config.sweep_sampler == "ddim" else "ddim"
-    if other == "ddim" or config.ddpm_fid:
-        x, labels, seconds = _guided(
-            config, model, ema, stats, k_ddpm, n=n_fid, gamma=config.gamma, kind=other
-        )
-        m[f"sample_fid_{other}"] = D.sample_sheet(judge_params, x, test_feats, labels, n_fid=n_fid)["fid"]
-        m[f"{other}_sample_seconds"] = seconds
     if "sample_fid_ddpm" in m:
         m["ddim_over_ddpm_fid"] = m["sample_fid_ddim"] / m["sample_fid_ddpm"]
     m["sampling_note"] = (
@@ -155,38 +138,76 @@ def main(config: Config) -> dict:
     )
     m["fid_note"] = (
         f"judge-CNN penultimate features, first {n_fid} samples (labels i % 10) at γ={config.gamma:g} vs "
-        f"{base['fid_num_images']} test images; floor = training vs test images, same count"
+        f"{n_fid} test images; floor = training vs test images, same count"
     )
-    m["quick_note"] = (
-        "quick mode: width 8, 2 epochs on 1,000 digits, 20 samples per γ" if config.quick else ""
-    )
+    m["quick_note"] = _diffusion.quick_note(config, "{n} samples per γ")
 
     with StepOutput(config, checkpoints=True) as out:
         if out.plots:
-            figures(out, config, history, shown, gammas, accuracy, per_class, base["judge_test_accuracy"])
+            figures(out, config, history, sweep, gammas, base["judge_test_accuracy"])
         return out.finish(m)
 
 
-def figures(out, config, history, shown, gammas, accuracy, per_class, ceiling) -> None:
-    per_label = min(10, len(shown[config.gamma]) // D.NUM_CLASSES)
+def guidance_sweep(config, model, state, data, key, gammas, judged, *, n: int, n_fid: int) -> dict[str, Any]:
+    """Sample ``n`` images per γ with the sweep sampler (the same key for every γ: the same starting
+    noise, only the guidance differs) and judge them; then ``n_fid`` images at ``--gamma`` with the
+    other sampler for its FID. The EMA weights are sampled with BatchNorm statistics re-estimated
+    for them. Returns ``metrics``, ``accuracy`` (per γ), ``per_class``, ``shown`` (samples per γ)
+    and ``other`` (the other sampler's name)."""
+    key, k_bn = jax.random.split(key)
+    ema = state.ema_params
+    stats = _diffusion.recalibrate_batch_stats(config, model, ema, state.model_state, data, k_bn)
+
+    def draw(k, *, n, gamma, kind):
+        labels = np.arange(n, dtype=np.int32) % NUM_CLASSES
+        condition = {"condition": condition_for(gamma), "labels": labels, "gamma": gamma}
+        samples = _diffusion_sampling.sample(config, model, ema, stats, k, n=n, kind=kind, **condition)
+        return samples, labels
+
+    metrics: dict[str, Any] = {}
+    accuracy, per_class, shown = [], {}, {}
+    k_sweep, k_ddpm = jax.random.split(key)
+    for gamma in gammas:
+        samples, labels = draw(k_sweep, n=n, gamma=gamma, kind=config.sweep_sampler)
+        sheet = judged(samples.x0, labels=labels, n_fid=n_fid)
+        accuracy.append(sheet["accuracy"])
+        per_class[gamma] = sheet["accuracy_per_class"]
+        metrics[f"cfg_accuracy_{_tag(gamma)}"] = sheet["accuracy"]
+        metrics[f"cfg_accuracy_per_class_{_tag(gamma)}"] = sheet["accuracy_per_class"]
+        shown[gamma] = samples.x0
+        if gamma == config.gamma:
+            metrics[f"sample_fid_{config.sweep_sampler}"] = sheet["fid"]
+            metrics[f"{config.sweep_sampler}_sample_seconds"] = samples.seconds
+    metrics["cfg_accuracy"] = accuracy
+    other = "ddpm" if config.sweep_sampler == "ddim" else "ddim"
+    if other == "ddim" or config.ddpm_fid:
+        samples, _ = draw(k_ddpm, n=n_fid, gamma=config.gamma, kind=other)
+        metrics[f"sample_fid_{other}"] = judged(samples.x0, n_fid=n_fid)["fid"]
+        metrics[f"{other}_sample_seconds"] = samples.seconds
+    return {"metrics": metrics, "accuracy": accuracy, "per_class": per_class, "shown": shown, "other": other}
+
+
+def figures(out, config, history, sweep, gammas, ceiling) -> None:
+    shown, accuracy, per_class = sweep["shown"], sweep["accuracy"], sweep["per_class"]
+    per_label = min(10, len(shown[config.gamma]) // NUM_CLASSES)
     if per_label >= 1:
-        x = shown[config.gamma][: per_label * D.NUM_CLASSES].reshape(per_label, D.NUM_CLASSES, 28, 28, 1)
-        D.show_grid(
+        x = shown[config.gamma][: per_label * NUM_CLASSES].reshape(per_label, NUM_CLASSES, 28, 28, 1)
+        _diffusion_figures.show_grid(
             out,
             x.transpose(1, 0, 2, 3, 4).reshape(-1, 28, 28, 1),
-            D.NUM_CLASSES,
+            NUM_CLASSES,
             per_label,
             f"γ = {config.gamma:g} ({config.sweep_sampler}): row = conditioning label 0–9",
             "samples_per_label",
             yticks=[14 + 28 * i for i in range(10)],
             yticklabels=[str(i) for i in range(10)],
         )
-    rows = np.concatenate([shown[g][: D.NUM_CLASSES] for g in gammas])
-    D.show_grid(
+    rows = np.concatenate([shown[g][:NUM_CLASSES] for g in gammas])
+    _diffusion_figures.show_grid(
         out,
         rows,
         len(gammas),
-        D.NUM_CLASSES,
+        NUM_CLASSES,
         "Guidance sweep, same starting noise: columns = labels 0–9 (γ = 0 ignores the label)",
         "guidance_sweep",
         yticks=[14 + 28 * i for i in range(len(gammas))],
@@ -210,7 +231,9 @@ def figures(out, config, history, shown, gammas, accuracy, per_class, ceiling) -
     ax2.legend(fontsize=7, ncol=len(gammas))
     ax2.set_title("Per class")
     out.figure(fig, "guidance_accuracy")
-    D.loss_figure(out, history, "Step 10 — classifier-free guidance training loss", BOOK_FINAL_LOSS)
+    _diffusion_figures.loss_figure(
+        out, history, "Step 10 — classifier-free guidance training loss", BOOK_FINAL_LOSS
+    )
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def with_nan(a: np.ndarray, value: float = np.nan) -> np.ndarray:
     return a
 
 
-def eps_fn(x, t, labels, label_mask):
+def eps_fn(x, t, labels=None, label_mask=None):
     return jnp.zeros_like(x)
 
 
@@ -629,8 +629,8 @@ CASES = [
         lambda: dif.guided_eps(
             eps_fn, np.zeros((2, 4, 4, 1), F32), 3, np.array([0, 10]), 3.0, num_classes=10
         ),
-        r"labels must be in 0\.\.9 \(class indices\), got values in 0\.\.10",
-        r"fix the labels",
+        r"labels must lie in 0\.\.9 \(class indices\), got values in 0\.\.10",
+        r"fix or drop the out-of-range labels",
     ),
     (
         "make_loss label_drop=2",
@@ -671,10 +671,10 @@ CASES = [
         r"drop or fix the examples",
     ),
     (
-        "ddpm_sample gamma without labels",
-        lambda: dif.ddpm_sample(KEY, eps_fn, schedule(), shape=(2, 4, 4, 1), gamma=3.0),
+        "guided without labels",
+        lambda: dif.guided(eps_fn, None, 3.0),
         r"gamma \(classifier-free guidance\) needs labels",
-        r"pass labels=\.\.\. or gamma=None",
+        r"pass diffusion\.guided\(eps_fn, labels, gamma\)",
     ),
     # --- unet ---------------------------------------------------------------------------------------
     (

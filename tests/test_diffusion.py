@@ -6,12 +6,14 @@ recorders of what the library passes them; no network is trained here.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlx_jax import diffusion as D
+from dlx_jax import diffusion
 from tests.helpers import (
     ATOL_DDIM_VS_DDPM_F32,
     ATOL_DDIM_VS_DDPM_F64,
@@ -36,7 +38,7 @@ M, S = 0.3, 0.5
 
 
 def _np_schedule(num_steps=1000, beta_start=1e-4, beta_end=0.02):
-    """The book's schedule in float64 numpy, 1-based with index 0 = no noise (independent of D)."""
+    """The book's schedule in float64 numpy, 1-based with index 0 = no noise (independent of the library)."""
     betas = np.concatenate([[0.0], np.linspace(beta_start, beta_end, num_steps)])
     alphas = 1.0 - betas
     return betas, alphas, np.cumprod(alphas)
@@ -51,7 +53,7 @@ def _gaussian_eps_fn(schedule, m=M, s=S):
     """The exact (MMSE) noise predictor for x0 ~ N(m, s^2) per pixel:
     eps(x_t, t) = sqrt(1 - ab_t) (x_t - sqrt(ab_t) m) / (ab_t s^2 + 1 - ab_t)."""
 
-    def eps_fn(x, t, labels, label_mask):
+    def eps_fn(x, t, labels=None, label_mask=None):
         ab = _bcast(schedule.alpha_bars[t], x)
         omab = _bcast(schedule.one_minus_alpha_bars[t], x)
         return jnp.sqrt(omab) * (x - jnp.sqrt(ab) * m) / (ab * s * s + omab)
@@ -70,7 +72,7 @@ class _Recorder:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, x, t, labels, label_mask):
+    def __call__(self, x, t, labels=None, label_mask=None):
         self.calls.append((x.shape, None if labels is None else labels.shape, label_mask))
         out = 0.5 * x + 0.01 * _bcast(t, x).astype(x.dtype)
         if labels is not None:
@@ -82,7 +84,7 @@ class _Recorder:
 
 
 def test_linear_schedule_matches_the_book():
-    s = D.linear_schedule()
+    s = diffusion.linear_schedule()
     assert s.num_steps == 1000 and s.dtype == jnp.float32
     assert all(a.shape == (1001,) for a in s)
     # index 0 is "no noise"; index t is the book's 1-based t
@@ -103,14 +105,14 @@ def test_linear_schedule_matches_the_book():
 
 def test_schedule_float64_and_from_betas(x64):
     betas, _, ab = _np_schedule(50, 1e-3, 0.05)
-    s = D.schedule_from_betas(betas[1:])
+    s = diffusion.schedule_from_betas(betas[1:])
     assert s.dtype == jnp.float64 and s.num_steps == 50
     np.testing.assert_allclose(s.alpha_bars, ab, rtol=RTOL_F64, atol=0)
     np.testing.assert_allclose(s.one_minus_alpha_bars, 1 - ab, rtol=RTOL_F64, atol=ATOL_F64)
-    assert D.linear_schedule(10, dtype=jnp.float64).dtype == jnp.float64
-    assert D.schedule_from_betas(betas[1:], dtype=jnp.float32).dtype == jnp.float32
+    assert diffusion.linear_schedule(10, dtype=jnp.float64).dtype == jnp.float64
+    assert diffusion.schedule_from_betas(betas[1:], dtype=jnp.float32).dtype == jnp.float32
     # a constant schedule is non-decreasing, so allowed
-    assert D.schedule_from_betas(np.full(5, 0.1)).num_steps == 5
+    assert diffusion.schedule_from_betas(np.full(5, 0.1)).num_steps == 5
 
 
 @pytest.mark.parametrize(
@@ -127,20 +129,20 @@ def test_schedule_float64_and_from_betas(x64):
 )
 def test_bad_betas_raise(betas, match):
     with pytest.raises(ValueError, match=match):
-        D.schedule_from_betas(np.asarray(betas))
+        diffusion.schedule_from_betas(np.asarray(betas))
 
 
 def test_bad_linear_schedules_raise():
     with pytest.raises(ValueError, match="num_steps must be an int >= 2"):
-        D.linear_schedule(1)
+        diffusion.linear_schedule(1)
     with pytest.raises(ValueError, match="beta_end must be >= beta_start"):
-        D.linear_schedule(10, 0.02, 1e-4)
+        diffusion.linear_schedule(10, 0.02, 1e-4)
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
-        D.linear_schedule(10, 0.0, 0.02)
+        diffusion.linear_schedule(10, 0.0, 0.02)
     with pytest.raises(ValueError, match="concrete"):
-        jax.jit(D.schedule_from_betas)(jnp.linspace(0.1, 0.2, 5))
+        jax.jit(diffusion.schedule_from_betas)(jnp.linspace(0.1, 0.2, 5))
     with pytest.raises(ValueError, match="must be a Schedule"):
-        D.q_sample_from_noise((1, 2, 3), np.zeros((1, 2)), 1, np.zeros((1, 2)))
+        diffusion.q_sample_from_noise((1, 2, 3), np.zeros((1, 2)), 1, np.zeros((1, 2)))
 
 
 # --- forward process -----------------------------------------------------------------------------
@@ -152,9 +154,9 @@ def test_q_sample_matches_iterated_one_step_process(t):
     x_s = sqrt(alpha_s) x_{s-1} + sqrt(beta_s) eps_s (numpy), both vs the theory N(sqrt(ab) x0, 1 - ab)."""
     n = 20_000
     x0 = np.array([-1.0, 0.5, 2.0])
-    s = D.linear_schedule()
+    s = diffusion.linear_schedule()
     keys = jax.random.split(jax.random.key(1), n)
-    closed = jax.vmap(lambda k: D.q_sample(k, s, x0[None].astype(np.float32), t)[0][0])(keys)
+    closed = jax.vmap(lambda k: diffusion.q_sample(k, s, x0[None].astype(np.float32), t)[0][0])(keys)
     closed = np.asarray(closed, np.float64)
     betas, alphas, ab = _np_schedule()
     rng = np.random.default_rng(0)
@@ -173,40 +175,40 @@ def test_q_sample_matches_iterated_one_step_process(t):
 
 def test_q_sample_from_noise_values_dtype_and_jit():
     rng = np.random.default_rng(0)
-    s = D.linear_schedule()
+    s = diffusion.linear_schedule()
     x0 = rng.normal(size=(4, 3, 3, 1)).astype(np.float32)
     eps = rng.normal(size=x0.shape).astype(np.float32)
     t = np.array([0, 1, 500, 1000], np.int32)
     _, _, ab = _np_schedule()
     ref = np.sqrt(ab[t])[:, None, None, None] * x0 + np.sqrt(1 - ab[t])[:, None, None, None] * eps
-    out = D.q_sample_from_noise(s, x0, t, eps)
+    out = diffusion.q_sample_from_noise(s, x0, t, eps)
     assert out.dtype == jnp.float32 and out.shape == x0.shape
     np.testing.assert_allclose(out, ref, rtol=RTOL_DIFFUSION_F32, atol=ATOL_DIFFUSION_F32)
     np.testing.assert_array_equal(out[0], x0[0])  # t = 0: no noise
-    jitted = jax.jit(D.q_sample_from_noise)(s, x0, t, eps)
+    jitted = jax.jit(diffusion.q_sample_from_noise)(s, x0, t, eps)
     np.testing.assert_allclose(jitted, out, rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32)
     # q_sample returns the noise it used, and a scalar t broadcasts over the batch
     key = jax.random.key(2)
-    xt, e = D.q_sample(key, s, x0, 7)
+    xt, e = diffusion.q_sample(key, s, x0, 7)
     np.testing.assert_array_equal(e, _z(key, x0.shape, jnp.float32))
-    np.testing.assert_allclose(xt, D.q_sample_from_noise(s, x0, np.full(4, 7), e), rtol=RTOL_JIT_F32)
+    np.testing.assert_allclose(xt, diffusion.q_sample_from_noise(s, x0, np.full(4, 7), e), rtol=RTOL_JIT_F32)
 
 
 def test_q_sample_bad_inputs_raise():
-    s = D.linear_schedule(10)
+    s = diffusion.linear_schedule(10)
     x0 = np.zeros((2, 3), np.float32)
     with pytest.raises(ValueError, match=r"t must lie in 0..10"):
-        D.q_sample(jax.random.key(0), s, x0, np.array([1, 11]))
+        diffusion.q_sample(jax.random.key(0), s, x0, np.array([1, 11]))
     with pytest.raises(ValueError, match=r"shape \(n,\) = \(2,\)"):
-        D.q_sample(jax.random.key(0), s, x0, np.array([1, 2, 3]))
+        diffusion.q_sample(jax.random.key(0), s, x0, np.array([1, 2, 3]))
     with pytest.raises(ValueError, match="integer timesteps"):
-        D.q_sample(jax.random.key(0), s, x0, 1.5)
+        diffusion.q_sample(jax.random.key(0), s, x0, 1.5)
     with pytest.raises(ValueError, match="floating array"):
-        D.q_sample(jax.random.key(0), s, np.zeros((2, 3), np.uint8), 1)
+        diffusion.q_sample(jax.random.key(0), s, np.zeros((2, 3), np.uint8), 1)
     with pytest.raises(ValueError, match="eps must have the shape of x0"):
-        D.q_sample_from_noise(s, x0, 1, np.zeros((2, 4)))
+        diffusion.q_sample_from_noise(s, x0, 1, np.zeros((2, 4)))
     # under jit t cannot be checked: an out-of-range t gives NaN, not a clamped index
-    out = jax.jit(D.q_sample_from_noise)(s, x0, jnp.array([1, 11]), x0)
+    out = jax.jit(diffusion.q_sample_from_noise)(s, x0, jnp.array([1, 11]), x0)
     assert np.all(np.isfinite(out[0])) and np.all(np.isnan(out[1]))
 
 
@@ -231,12 +233,12 @@ def test_ddpm_step_matches_naive_numpy(dtype):
     eps = rng.normal(size=x.shape)
     key = jax.random.key(3)
     with jax.enable_x64(dtype == np.float64):
-        s = D.linear_schedule(dtype=dtype)
-        out = D.ddpm_step(key, s, x.astype(dtype), t, eps.astype(dtype))
+        s = diffusion.linear_schedule(dtype=dtype)
+        out = diffusion.ddpm_step(key, s, x.astype(dtype), t, eps.astype(dtype))
         assert out.dtype == dtype
         z = _z(key, x.shape, dtype).astype(np.float64)
         # a scalar (traced) t inside jit, as the sampler uses it
-        scalar = jax.jit(D.ddpm_step)(key, s, x.astype(dtype), 37, eps.astype(dtype))
+        scalar = jax.jit(diffusion.ddpm_step)(key, s, x.astype(dtype), 37, eps.astype(dtype))
     ref = _np_ddpm_step(x, t, eps, z, betas, alphas, ab)
     tol = (
         dict(rtol=RTOL_F64, atol=ATOL_F64)
@@ -252,11 +254,11 @@ def test_ddpm_step_matches_naive_numpy(dtype):
 
 def test_ddpm_step_t1_is_deterministic_and_clip_gives_posterior_mean(x64):
     rng = np.random.default_rng(2)
-    s = D.linear_schedule(dtype=jnp.float64)
+    s = diffusion.linear_schedule(dtype=jnp.float64)
     x, eps = rng.normal(size=(2, 3, 4))
-    a = D.ddpm_step(jax.random.key(0), s, x, 1, eps)
-    np.testing.assert_array_equal(a, D.ddpm_step(jax.random.key(1), s, x, 1, eps))
-    np.testing.assert_array_equal(a, D.ddpm_step(None, s, x, 1, eps))
+    a = diffusion.ddpm_step(jax.random.key(0), s, x, 1, eps)
+    np.testing.assert_array_equal(a, diffusion.ddpm_step(jax.random.key(1), s, x, 1, eps))
+    np.testing.assert_array_equal(a, diffusion.ddpm_step(None, s, x, 1, eps))
     # with clip_x0 the mean is the posterior mean of q(x_{t-1} | x_t, clip(x0_hat)), written the
     # other way round: sqrt(ab_{t-1}) beta_t / (1 - ab_t) x0 + sqrt(alpha_t) (1 - ab_{t-1}) / (1 - ab_t) x_t
     betas, alphas, ab = _np_schedule()
@@ -268,13 +270,13 @@ def test_ddpm_step_t1_is_deterministic_and_clip_gives_posterior_mean(x64):
         + np.sqrt(alphas[t]) * (1 - ab[t - 1]) / (1 - ab[t]) * x
     )
     key = jax.random.key(4)
-    out = D.ddpm_step(key, s, x, t, eps * 30, clip_x0=(-1, 1))
+    out = diffusion.ddpm_step(key, s, x, t, eps * 30, clip_x0=(-1, 1))
     sigma = np.sqrt(betas[t] * (1 - ab[t - 1]) / (1 - ab[t]))
     np.testing.assert_allclose(
         out, mean + sigma * _z(key, x.shape, jnp.float64), rtol=RTOL_F64, atol=ATOL_F64
     )
     np.testing.assert_allclose(
-        D.predict_x0(s, x, t, eps), (x - np.sqrt(1 - ab[t]) * eps) / np.sqrt(ab[t]), rtol=RTOL_F64
+        diffusion.predict_x0(s, x, t, eps), (x - np.sqrt(1 - ab[t]) * eps) / np.sqrt(ab[t]), rtol=RTOL_F64
     )
 
 
@@ -287,68 +289,70 @@ def test_ddim_eta1_full_steps_is_the_ddpm_step(dtype):
     t = np.arange(1, 1001)
     atol = ATOL_DDIM_VS_DDPM_F64 if dtype == np.float64 else ATOL_DDIM_VS_DDPM_F32
     with jax.enable_x64(dtype == np.float64):
-        s = D.linear_schedule(dtype=dtype)
+        s = diffusion.linear_schedule(dtype=dtype)
         for seed in (0, 1):
             key = jax.random.key(seed)
-            ddpm = D.ddpm_step(key, s, x, t, eps)
-            ddim = D.ddim_step(key, s, x, t, t - 1, eps, eta=1.0)
+            ddpm = diffusion.ddpm_step(key, s, x, t, eps)
+            ddim = diffusion.ddim_step(key, s, x, t, t - 1, eps, eta=1.0)
             assert ddim.dtype == dtype
             np.testing.assert_allclose(ddim, ddpm, rtol=0, atol=atol)
 
 
 def test_ddim_step_eta0_is_deterministic_and_last_step_is_x0_prediction():
     rng = np.random.default_rng(4)
-    s = D.linear_schedule()
+    s = diffusion.linear_schedule()
     x, eps = rng.normal(size=(2, 3, 2, 2, 1)).astype(np.float32)
     t, t_prev = np.array([1000, 500, 2]), np.array([980, 1, 0])
-    a = D.ddim_step(jax.random.key(0), s, x, t, t_prev, eps)
-    np.testing.assert_array_equal(a, D.ddim_step(jax.random.key(1), s, x, t, t_prev, eps))
-    np.testing.assert_array_equal(a, D.ddim_step(None, s, x, t, t_prev, eps, eta=0.0))
-    np.testing.assert_allclose(a[2], D.predict_x0(s, x, t, eps)[2], rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32)
+    a = diffusion.ddim_step(jax.random.key(0), s, x, t, t_prev, eps)
+    np.testing.assert_array_equal(a, diffusion.ddim_step(jax.random.key(1), s, x, t, t_prev, eps))
+    np.testing.assert_array_equal(a, diffusion.ddim_step(None, s, x, t, t_prev, eps, eta=0.0))
+    np.testing.assert_allclose(
+        a[2], diffusion.predict_x0(s, x, t, eps)[2], rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32
+    )
     # against the paper's formula in float64 numpy (eta = 0)
     _, _, ab = _np_schedule()
     c = lambda v: v.reshape(-1, 1, 1, 1)  # noqa: E731
     x0 = (x - c(np.sqrt(1 - ab[t])) * eps) / c(np.sqrt(ab[t]))
     ref = c(np.sqrt(ab[t_prev])) * x0 + c(np.sqrt(1 - ab[t_prev])) * eps
     np.testing.assert_allclose(a, ref, rtol=RTOL_DIFFUSION_F32, atol=ATOL_DIFFUSION_F32)
-    clipped = D.ddim_step(None, s, 5 * x, t, np.zeros(3, np.int32), eps, clip_x0=(-1.0, 1.0))
+    clipped = diffusion.ddim_step(None, s, 5 * x, t, np.zeros(3, np.int32), eps, clip_x0=(-1.0, 1.0))
     assert np.all(np.abs(clipped) <= 1.0)
 
 
 def test_ddim_timesteps():
-    np.testing.assert_array_equal(D.ddim_timesteps(10, 10), np.arange(1, 11))
-    taus = D.ddim_timesteps(1000, 50)
+    np.testing.assert_array_equal(diffusion.ddim_timesteps(10, 10), np.arange(1, 11))
+    taus = diffusion.ddim_timesteps(1000, 50)
     assert taus[0] == 1 and taus[-1] == 1000 and len(taus) == 50
     assert np.all(np.abs(np.diff(taus) - 999 / 49) <= 1)
-    np.testing.assert_array_equal(D.ddim_timesteps(1000, 1), [1000])
+    np.testing.assert_array_equal(diffusion.ddim_timesteps(1000, 1), [1000])
     for bad in (0, 1001):
         with pytest.raises(ValueError, match=r"num_steps must lie in 1..T = 1..1000"):
-            D.ddim_timesteps(1000, bad)
+            diffusion.ddim_timesteps(1000, bad)
 
 
 def test_step_bad_inputs_raise():
-    s = D.linear_schedule(10)
+    s = diffusion.linear_schedule(10)
     x = np.zeros((2, 3), np.float32)
     with pytest.raises(ValueError, match=r"t must lie in 1..10"):
-        D.ddpm_step(jax.random.key(0), s, x, 0, x)
+        diffusion.ddpm_step(jax.random.key(0), s, x, 0, x)
     with pytest.raises(ValueError, match=r"t must lie in 1..10"):
-        D.ddpm_step(jax.random.key(0), s, x, 11, x)
+        diffusion.ddpm_step(jax.random.key(0), s, x, 11, x)
     with pytest.raises(ValueError, match="eps_hat must have the shape of x"):
-        D.ddpm_step(jax.random.key(0), s, x, 3, x[:1])
+        diffusion.ddpm_step(jax.random.key(0), s, x, 3, x[:1])
     with pytest.raises(ValueError, match="needs a PRNG key"):
-        D.ddpm_step(None, s, x, 3, x)
+        diffusion.ddpm_step(None, s, x, 3, x)
     with pytest.raises(ValueError, match=r"t_prev must lie in 0..9 \(the book's 1-based timesteps; T = 10\)"):
-        D.ddim_step(None, s, x, 10, 10, x)
+        diffusion.ddim_step(None, s, x, 10, 10, x)
     with pytest.raises(ValueError, match="t_prev must be smaller than t"):
-        D.ddim_step(None, s, x, 3, 3, x)
+        diffusion.ddim_step(None, s, x, 3, 3, x)
     with pytest.raises(ValueError, match="eta must be >= 0"):
-        D.ddim_step(None, s, x, 3, 2, x, eta=-0.1)
+        diffusion.ddim_step(None, s, x, 3, 2, x, eta=-0.1)
     with pytest.raises(ValueError, match="needs a PRNG key"):
-        D.ddim_step(None, s, x, 3, 2, x, eta=0.5)
+        diffusion.ddim_step(None, s, x, 3, 2, x, eta=0.5)
     with pytest.raises(ValueError, match="clip_x0 must satisfy low < high"):
-        D.ddim_step(None, s, x, 3, 2, x, clip_x0=(1, -1))
+        diffusion.ddim_step(None, s, x, 3, 2, x, clip_x0=(1, -1))
     with pytest.raises(ValueError, match="clip_x0 must be None or a pair"):
-        D.ddpm_step(None, s, x, 1, x, clip_x0=1.0)
+        diffusion.ddpm_step(None, s, x, 1, x, clip_x0=1.0)
 
 
 # --- guidance ------------------------------------------------------------------------------------
@@ -364,21 +368,21 @@ def test_guided_eps_limits_and_one_2n_call():
     uncond = rec(x, t, labels, np.zeros(4, np.float32))
     assert not np.allclose(cond, uncond)
     rec.calls.clear()
-    g3 = D.guided_eps(rec, x, t, labels, 3.0)
+    g3 = diffusion.guided_eps(rec, x, t, labels, 3.0)
     assert len(rec.calls) == 1 and rec.calls[0][0] == (8, 2, 2, 1) and rec.calls[0][1] == (8,)
     np.testing.assert_array_equal(rec.calls[0][2], [1, 1, 1, 1, 0, 0, 0, 0])
     np.testing.assert_allclose(
-        D.guided_eps(rec, x, t, labels, 1.0), cond, rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32
+        diffusion.guided_eps(rec, x, t, labels, 1.0), cond, rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32
     )
     np.testing.assert_allclose(
-        D.guided_eps(rec, x, t, labels, 0.0), uncond, rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32
+        diffusion.guided_eps(rec, x, t, labels, 0.0), uncond, rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32
     )
     np.testing.assert_allclose(g3, uncond + 3 * (cond - uncond), rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32)
     assert g3.dtype == jnp.float32
     # gamma and labels may be traced; a scalar t broadcasts
-    jitted = jax.jit(lambda g, y: D.guided_eps(rec, x, 5, y, g))(3.0, labels)
+    jitted = jax.jit(lambda g, y: diffusion.guided_eps(rec, x, 5, y, g))(3.0, labels)
     np.testing.assert_allclose(
-        jitted, D.guided_eps(rec, x, np.full(4, 5), labels, 3.0), rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32
+        jitted, diffusion.guided_eps(rec, x, np.full(4, 5), labels, 3.0), rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32
     )
 
 
@@ -386,23 +390,23 @@ def test_guided_eps_bad_inputs_raise():
     x = np.zeros((2, 3), np.float32)
     rec = _Recorder()
     with pytest.raises(ValueError, match="gamma must be >= 0"):
-        D.guided_eps(rec, x, 1, np.array([0, 1]), -1.0)
-    with pytest.raises(ValueError, match=r"labels must be in 0..9"):
-        D.guided_eps(rec, x, 1, np.array([0, 10]), 3.0, num_classes=10)
+        diffusion.guided_eps(rec, x, 1, np.array([0, 1]), -1.0)
+    with pytest.raises(ValueError, match=r"labels must lie in 0..9"):
+        diffusion.guided_eps(rec, x, 1, np.array([0, 10]), 3.0, num_classes=10)
     with pytest.raises(ValueError, match="labels must be >= 0"):
-        D.guided_eps(rec, x, 1, np.array([0, -1]), 3.0)
+        diffusion.guided_eps(rec, x, 1, np.array([0, -1]), 3.0)
     with pytest.raises(ValueError, match=r"labels must have shape \(n,\) = \(2,\)"):
-        D.guided_eps(rec, x, 1, np.array([0, 1, 2]), 3.0)
+        diffusion.guided_eps(rec, x, 1, np.array([0, 1, 2]), 3.0)
     with pytest.raises(ValueError, match="labels must be integers"):
-        D.guided_eps(rec, x, 1, np.array([0.0, 1.0]), 3.0)
+        diffusion.guided_eps(rec, x, 1, np.array([0.0, 1.0]), 3.0)
     with pytest.raises(ValueError, match=r"eps_fn must return .* \(2n, ...\)"):
-        D.guided_eps(lambda x, t, y, m: x[: len(x) // 2], x, 1, np.array([0, 1]), 3.0)
+        diffusion.guided_eps(lambda x, t, y, m: x[: len(x) // 2], x, 1, np.array([0, 1]), 3.0)
 
 
 @pytest.mark.parametrize("mode", ["batch", "example"])
 def test_label_drop_mask_frequencies(mode):
     p, n, reps = 0.1, 16, 4000
-    masks = jax.vmap(lambda k: D.label_drop_mask(k, n=n, p=p, mode=mode))(
+    masks = jax.vmap(lambda k: diffusion.label_drop_mask(k, n=n, p=p, mode=mode))(
         jax.random.split(jax.random.key(0), reps)
     )
     masks = np.asarray(masks)
@@ -416,9 +420,9 @@ def test_label_drop_mask_frequencies(mode):
     se = np.sqrt(p * (1 - p) / draws.size)
     assert abs(draws.mean() - p) <= SAMPLE_N_SE * se
     with pytest.raises(ValueError, match="drop mode must be one of"):
-        D.label_drop_mask(jax.random.key(0), n=4, p=0.1, mode="pixel")
+        diffusion.label_drop_mask(jax.random.key(0), n=4, p=0.1, mode="pixel")
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
-        D.label_drop_mask(jax.random.key(0), n=4, p=1.5)
+        diffusion.label_drop_mask(jax.random.key(0), n=4, p=1.5)
 
 
 # --- loss ----------------------------------------------------------------------------------------
@@ -438,11 +442,11 @@ def _recording_apply(params, model_state, x, t, labels, label_mask, *, train):
 
 
 def test_make_loss_equals_mse_by_hand_and_threads_state(x64):
-    s = D.linear_schedule(dtype=jnp.float64)
+    s = diffusion.linear_schedule(dtype=jnp.float64)
     rng = np.random.default_rng(6)
     x0 = rng.normal(size=(64, 3, 3, 1))
     params, state = {"w": jnp.float64(0.7)}, {"count": jnp.int32(4)}
-    loss_fn = D.make_loss(_recording_apply, s)
+    loss_fn = diffusion.make_loss(_recording_apply, s)
     loss, (new_state, metrics) = jax.jit(loss_fn)(jax.random.key(0), params, state, x0)
     assert int(new_state["count"]) == 5 and bool(new_state["train"])
     assert new_state["labels"] is None and new_state["label_mask"] is None
@@ -465,8 +469,8 @@ def test_make_loss_equals_mse_by_hand_and_threads_state(x64):
 
 
 def test_make_loss_timesteps_are_uniform():
-    s = D.linear_schedule(10)
-    loss_fn = D.make_loss(_recording_apply, s)
+    s = diffusion.linear_schedule(10)
+    loss_fn = diffusion.make_loss(_recording_apply, s)
     x0 = np.zeros((5000, 1), np.float32)
     _, (new_state, _) = loss_fn(jax.random.key(1), {"w": 1.0}, {"count": 0}, x0)
     counts = np.bincount(np.asarray(new_state["t"]), minlength=11)
@@ -477,9 +481,11 @@ def test_make_loss_timesteps_are_uniform():
 
 @pytest.mark.parametrize("mode", ["batch", "example"])
 def test_make_loss_label_dropping(mode):
-    s = D.linear_schedule(10)
+    s = diffusion.linear_schedule(10)
     n, reps, p = 16, 2000, 0.1
-    loss_fn = D.make_loss(_recording_apply, s, conditional=True, label_drop=p, drop_mode=mode, num_classes=10)
+    loss_fn = diffusion.make_loss(
+        _recording_apply, s, conditional=True, label_drop=p, drop_mode=mode, num_classes=10
+    )
     x0 = np.zeros((n, 2, 2, 1), np.float32)
     labels = np.arange(n, dtype=np.int32) % 10
 
@@ -500,20 +506,20 @@ def test_make_loss_label_dropping(mode):
 
 
 def test_make_loss_bad_inputs_raise():
-    s = D.linear_schedule(10)
+    s = diffusion.linear_schedule(10)
     with pytest.raises(ValueError, match="needs conditional=True"):
-        D.make_loss(_recording_apply, s, label_drop=0.1)
+        diffusion.make_loss(_recording_apply, s, label_drop=0.1)
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
-        D.make_loss(_recording_apply, s, conditional=True, label_drop=1.5)
+        diffusion.make_loss(_recording_apply, s, conditional=True, label_drop=1.5)
     with pytest.raises(ValueError, match="drop mode must be one of"):
-        D.make_loss(_recording_apply, s, conditional=True, drop_mode="pixel")
-    cond = D.make_loss(_recording_apply, s, conditional=True)
+        diffusion.make_loss(_recording_apply, s, conditional=True, drop_mode="pixel")
+    cond = diffusion.make_loss(_recording_apply, s, conditional=True)
     x0 = np.zeros((4, 2), np.float32)
     with pytest.raises(ValueError, match=r"needs batch = \(x0, labels\)"):
         cond(jax.random.key(0), {"w": 1.0}, {"count": 0}, x0)
     with pytest.raises(ValueError, match=r"labels must have shape \(n,\) = \(4,\)"):
         cond(jax.random.key(0), {"w": 1.0}, {"count": 0}, (x0, np.zeros(3, np.int32)))
-    bad_model = D.make_loss(lambda p, st, x, *a, train: (x[:, :1], st), s)
+    bad_model = diffusion.make_loss(lambda p, st, x, *a, train: (x[:, :1], st), s)
     with pytest.raises(ValueError, match="apply_fn must return eps_hat shaped like"):
         bad_model(jax.random.key(0), {}, {}, x0)
 
@@ -522,45 +528,49 @@ def test_make_loss_bad_inputs_raise():
 
 
 def test_samplers_jit_equals_eager_and_ddim_full_eta1_is_ddpm():
-    s = D.linear_schedule(10, 1e-3, 0.2)
+    s = diffusion.linear_schedule(10, 1e-3, 0.2)
     labels = np.array([0, 1, 2, 3], np.int32)
     rec = _Recorder()
     shape = (4, 3, 3, 1)
     key = jax.random.key(7)
     eager = {}
     for sampler, kw in (
-        (D.ddpm_sample, {}),
-        (D.ddim_sample, {"num_steps": 4, "eta": 0.5}),
+        (diffusion.ddpm_sample, {}),
+        (diffusion.ddim_sample, {"num_steps": 4, "eta": 0.5}),
     ):
-        eager[sampler] = sampler(key, rec, s, shape=shape, labels=labels, gamma=3.0, **kw)
+        eager[sampler] = sampler(key, diffusion.guided(rec, labels, 3.0), s, shape=shape, **kw)
         jitted = jax.jit(
-            lambda k, y, g, sampler=sampler, kw=kw: sampler(k, rec, s, shape=shape, labels=y, gamma=g, **kw)
+            lambda k, y, g, sampler=sampler, kw=kw: sampler(
+                k, diffusion.guided(rec, y, g), s, shape=shape, **kw
+            )
         )(key, labels, 3.0)
         assert eager[sampler].shape == shape and eager[sampler].dtype == jnp.float32
         np.testing.assert_allclose(jitted, eager[sampler], rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32)
     # DDIM over all T steps with eta = 1 is DDPM: same x_T, same per-step keys, same moments
-    ddim = D.ddim_sample(key, rec, s, shape=shape, labels=labels, gamma=3.0, num_steps=10, eta=1.0)
-    np.testing.assert_allclose(ddim, eager[D.ddpm_sample], rtol=0, atol=ATOL_DDIM_VS_DDPM_F32)
+    ddim = diffusion.ddim_sample(
+        key, diffusion.guided(rec, labels, 3.0), s, shape=shape, num_steps=10, eta=1.0
+    )
+    np.testing.assert_allclose(ddim, eager[diffusion.ddpm_sample], rtol=0, atol=ATOL_DDIM_VS_DDPM_F32)
 
 
 def test_sampler_conditioning_modes_call_eps_fn_as_documented():
-    s = D.linear_schedule(5)
+    s = diffusion.linear_schedule(5)
     labels = np.array([1, 2], np.int32)
-    for kw, batch, has_labels, mask in (
-        ({}, 2, False, None),
-        ({"labels": labels}, 2, True, [1, 1]),
-        ({"labels": labels, "gamma": 2.0}, 4, True, [1, 1, 0, 0]),
+    for condition, batch, has_labels, mask in (
+        (lambda f: f, 2, False, None),
+        (lambda f: diffusion.conditional(f, labels), 2, True, [1, 1]),
+        (lambda f: diffusion.guided(f, labels, 2.0), 4, True, [1, 1, 0, 0]),
     ):
         rec, masks, ts = _Recorder(), [], []
 
-        def eps_fn(x, t, labels, label_mask, rec=rec, masks=masks, ts=ts):
+        def eps_fn(x, t, labels=None, label_mask=None, rec=rec, masks=masks, ts=ts):
             # runs once per step at run time, inside the compiled loop
             jax.debug.callback(lambda t_: ts.append(np.asarray(t_)), t, ordered=True)
             if label_mask is not None:
                 jax.debug.callback(lambda m_: masks.append(np.asarray(m_)), label_mask, ordered=True)
             return rec(x, t, labels, label_mask)
 
-        jax.block_until_ready(D.ddpm_sample(jax.random.key(0), eps_fn, s, shape=(2, 3), **kw))
+        jax.block_until_ready(diffusion.ddpm_sample(jax.random.key(0), condition(eps_fn), s, shape=(2, 3)))
         assert len(rec.calls) == 1  # traced once: the loop is one lax.scan
         x_shape, labels_shape, m = rec.calls[0]
         assert x_shape == (batch, 3) and (labels_shape is not None) == has_labels
@@ -572,31 +582,34 @@ def test_sampler_conditioning_modes_call_eps_fn_as_documented():
 
 
 def test_ddim_eta0_sampler_is_deterministic_given_x_init_and_trajectory():
-    s = D.linear_schedule(20)
+    s = diffusion.linear_schedule(20)
     eps_fn = _gaussian_eps_fn(s)
     x_init = np.asarray(jax.random.normal(jax.random.key(9), (3, 2)))
-    a = D.ddim_sample(jax.random.key(0), eps_fn, s, shape=(3, 2), num_steps=7, x_init=x_init)
-    b = D.ddim_sample(jax.random.key(1), eps_fn, s, shape=(3, 2), num_steps=7, x_init=x_init)
+    a = diffusion.ddim_sample(jax.random.key(0), eps_fn, s, shape=(3, 2), num_steps=7, x_init=x_init)
+    b = diffusion.ddim_sample(jax.random.key(1), eps_fn, s, shape=(3, 2), num_steps=7, x_init=x_init)
     np.testing.assert_array_equal(a, b)
-    c = D.ddim_sample(jax.random.key(1), eps_fn, s, shape=(3, 2), num_steps=7, x_init=x_init, eta=1.0)
+    c = diffusion.ddim_sample(jax.random.key(1), eps_fn, s, shape=(3, 2), num_steps=7, x_init=x_init, eta=1.0)
     assert not np.allclose(a, c)
-    x, traj, traj_t = D.ddim_sample(
-        jax.random.key(0), eps_fn, s, shape=(3, 2), num_steps=7, x_init=x_init, trajectory_every=3
+    trajectory = diffusion.ddim_trajectory(
+        jax.random.key(0), eps_fn, s, shape=(3, 2), num_steps=7, x_init=x_init, every=3
     )
+    x, traj, traj_t = trajectory.x0, trajectory.xs, trajectory.ts
     # steps 20 -> 17 -> 14 -> 11 -> 7 -> 4 -> 1 -> 0; recorded where 6, 3, 0 steps remain
-    np.testing.assert_array_equal(D.ddim_timesteps(20, 7), [1, 4, 7, 11, 14, 17, 20])
+    np.testing.assert_array_equal(diffusion.ddim_timesteps(20, 7), [1, 4, 7, 11, 14, 17, 20])
     np.testing.assert_array_equal(traj_t, [20, 17, 7, 0])
     np.testing.assert_array_equal(x, a)
     np.testing.assert_array_equal(traj[0], x_init)
     np.testing.assert_array_equal(traj[-1], x)
-    x, traj, traj_t = D.ddpm_sample(jax.random.key(0), eps_fn, s, shape=(3, 2), trajectory_every=5)
+    x = diffusion.ddpm_sample(jax.random.key(0), eps_fn, s, shape=(3, 2))
+    trajectory = diffusion.ddpm_trajectory(jax.random.key(0), eps_fn, s, shape=(3, 2), every=5)
+    traj, traj_t = trajectory.xs, trajectory.ts
     np.testing.assert_array_equal(traj_t, [20, 15, 10, 5, 0])
     assert traj.shape == (5, 3, 2)
     np.testing.assert_array_equal(traj[-1], x)
     # the trajectory is the chain itself: the middle frame continued for 10 steps gives x_5
     x10 = traj[2]
     for t in range(10, 5, -1):
-        x10 = D.ddpm_step(
+        x10 = diffusion.ddpm_step(
             jax.random.fold_in(jax.random.split(jax.random.key(0))[1], t),
             s,
             x10,
@@ -637,17 +650,17 @@ def test_exact_gaussian_denoiser_recovers_the_data_distribution(kind):
     """x0 ~ N(M, S^2) per pixel, the exact eps predictor, T = 1000: samples have the mean and std
     that exact moment propagation predicts (within SAMPLE_N_SE standard errors), and those are
     M and S up to the samplers' own discretisation error (named tolerances)."""
-    s = D.linear_schedule()
+    s = diffusion.linear_schedule()
     betas, _, _ = _np_schedule()
     eps_fn = _gaussian_eps_fn(s)
     shape = (2000, 4, 4, 1)  # 32,000 independent pixels
     if kind == "ddpm1000":
-        sample = jax.jit(lambda k: D.ddpm_sample(k, eps_fn, s, shape=shape))
+        sample = jax.jit(lambda k: diffusion.ddpm_sample(k, eps_fn, s, shape=shape))
         mu, sd = _propagated_moments([(t, t - 1) for t in range(1000, 0, -1)], 1.0, betas, ddpm=True)
         rtol = RTOL_DDPM1000_GAUSSIAN
     else:
-        sample = jax.jit(lambda k: D.ddim_sample(k, eps_fn, s, shape=shape, num_steps=50))
-        taus = D.ddim_timesteps(1000, 50)[::-1]
+        sample = jax.jit(lambda k: diffusion.ddim_sample(k, eps_fn, s, shape=shape, num_steps=50))
+        taus = diffusion.ddim_timesteps(1000, 50)[::-1]
         mu, sd = _propagated_moments(zip(taus, np.append(taus[1:], 0), strict=True), 0.0, betas)
         rtol = RTOL_DDIM50_GAUSSIAN
     x = np.asarray(sample(jax.random.key(11)), np.float64).reshape(-1)
@@ -660,38 +673,42 @@ def test_exact_gaussian_denoiser_recovers_the_data_distribution(kind):
 
 
 def test_samplers_float64(x64):
-    s = D.linear_schedule(8, dtype=jnp.float64)
+    s = diffusion.linear_schedule(8, dtype=jnp.float64)
     eps_fn = _gaussian_eps_fn(s)
-    assert D.ddpm_sample(jax.random.key(0), eps_fn, s, shape=(2, 3)).dtype == jnp.float64
+    assert diffusion.ddpm_sample(jax.random.key(0), eps_fn, s, shape=(2, 3)).dtype == jnp.float64
     assert (
-        D.ddim_sample(jax.random.key(0), eps_fn, s, shape=(2, 3), num_steps=3, eta=0.3).dtype == jnp.float64
+        diffusion.ddim_sample(jax.random.key(0), eps_fn, s, shape=(2, 3), num_steps=3, eta=0.3).dtype
+        == jnp.float64
     )
     # a float32 x_init sets the dtype when none is given
     x32 = np.zeros((2, 3), np.float32)
-    assert D.ddpm_sample(jax.random.key(0), eps_fn, s, shape=(2, 3), x_init=x32).dtype == jnp.float32
-    xt, eps = D.q_sample(jax.random.key(0), s, np.zeros((2, 3)), 4)
+    assert diffusion.ddpm_sample(jax.random.key(0), eps_fn, s, shape=(2, 3), x_init=x32).dtype == jnp.float32
+    xt, eps = diffusion.q_sample(jax.random.key(0), s, np.zeros((2, 3)), 4)
     assert xt.dtype == eps.dtype == jnp.float64
 
 
 def test_vmap_equals_loop_and_schedule_as_jit_argument():
-    s = D.linear_schedule(10)
+    s = diffusion.linear_schedule(10)
     rng = np.random.default_rng(8)
     x, eps = rng.normal(size=(2, 2, 3)).astype(np.float32)
     keys = jax.random.split(jax.random.key(3), 4)
-    vm = jax.vmap(lambda k: D.ddpm_step(k, s, x, 5, eps))(keys)
+    vm = jax.vmap(lambda k: diffusion.ddpm_step(k, s, x, 5, eps))(keys)
     np.testing.assert_allclose(
-        vm, [D.ddpm_step(k, s, x, 5, eps) for k in keys], rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32
+        vm, [diffusion.ddpm_step(k, s, x, 5, eps) for k in keys], rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32
     )
-    vm = jax.vmap(lambda k: D.q_sample(k, s, x, np.array([1, 10]))[0])(keys)
+    vm = jax.vmap(lambda k: diffusion.q_sample(k, s, x, np.array([1, 10]))[0])(keys)
     np.testing.assert_allclose(
-        vm, [D.q_sample(k, s, x, np.array([1, 10]))[0] for k in keys], rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32
+        vm,
+        [diffusion.q_sample(k, s, x, np.array([1, 10]))[0] for k in keys],
+        rtol=RTOL_JIT_F32,
+        atol=ATOL_JIT_F32,
     )
     # the schedule is a pytree: it can be a (traced) jit argument; T stays static
     eps_fn = _gaussian_eps_fn(s)
-    as_arg = jax.jit(lambda k, sch: D.ddim_sample(k, eps_fn, sch, shape=(2, 3), num_steps=4, eta=0.5))
+    as_arg = jax.jit(lambda k, sch: diffusion.ddim_sample(k, eps_fn, sch, shape=(2, 3), num_steps=4, eta=0.5))
     np.testing.assert_allclose(
         as_arg(keys[0], s),
-        D.ddim_sample(keys[0], eps_fn, s, shape=(2, 3), num_steps=4, eta=0.5),
+        diffusion.ddim_sample(keys[0], eps_fn, s, shape=(2, 3), num_steps=4, eta=0.5),
         rtol=RTOL_JIT_F32,
         atol=ATOL_JIT_F32,
     )
@@ -704,7 +721,7 @@ def test_make_eps_fn_uses_eval_mode_and_drops_state():
         seen["train"] = train
         return params * x, {"changed": True}
 
-    eps_fn = D.make_eps_fn(apply_fn, 2.0, {"changed": False})
+    eps_fn = diffusion.make_eps_fn(apply_fn, 2.0, {"changed": False})
     np.testing.assert_array_equal(
         eps_fn(np.ones((2, 1), np.float32), np.ones(2, np.int32), None, None), [[2], [2]]
     )
@@ -712,29 +729,116 @@ def test_make_eps_fn_uses_eval_mode_and_drops_state():
 
 
 def test_sampler_bad_inputs_raise():
-    s = D.linear_schedule(10)
+    s = diffusion.linear_schedule(10)
     rec = _Recorder()
     key = jax.random.key(0)
     labels = np.array([0, 1], np.int32)
+    sample = functools.partial(diffusion.ddpm_sample, key, schedule=s, shape=(2, 3))
+    ddim = functools.partial(diffusion.ddim_sample, key, rec, s, shape=(2, 3))
     cases = [
-        (D.ddpm_sample, {"gamma": 3.0}, "gamma .* needs labels"),
-        (D.ddpm_sample, {"labels": labels, "gamma": -1.0}, "gamma must be >= 0"),
-        (D.ddpm_sample, {"labels": np.array([0, 1, 2], np.int32)}, r"labels must have shape \(n,\) = \(2,\)"),
+        (lambda: diffusion.guided(rec, None, 3.0), "gamma .* needs labels"),
+        (lambda: diffusion.guided(rec, labels, -1.0), "gamma must be >= 0"),
         (
-            D.ddpm_sample,
-            {"labels": np.array([0, 10], np.int32), "num_classes": 10},
-            r"labels must be in 0..9",
+            lambda: sample(eps_fn=diffusion.conditional(rec, np.array([0, 1, 2], np.int32))),
+            r"labels must have shape \(n,\) = \(2,\)",
         ),
-        (D.ddpm_sample, {"x_init": np.zeros((3, 3), np.float32)}, "x_init must have shape"),
-        (D.ddpm_sample, {"trajectory_every": 0}, "trajectory_every must be None or an int >= 1"),
-        (D.ddim_sample, {"num_steps": 11}, r"num_steps must lie in 1..T = 1..10"),
-        (D.ddim_sample, {"num_steps": 0}, r"num_steps must lie in 1..T"),
-        (D.ddim_sample, {"eta": -1.0, "num_steps": 5}, "eta must be >= 0"),
+        (
+            lambda: diffusion.conditional(rec, np.array([0, 10], np.int32), num_classes=10),
+            r"labels must lie in 0..9",
+        ),
+        (lambda: sample(eps_fn=rec, x_init=np.zeros((3, 3), np.float32)), "x_init must have shape"),
+        (
+            lambda: diffusion.ddpm_trajectory(key, rec, s, shape=(2, 3), every=0),
+            "every must be an int >= 1",
+        ),
+        (lambda: ddim(num_steps=11), r"num_steps must lie in 1..T = 1..10"),
+        (lambda: ddim(num_steps=0), r"num_steps must lie in 1..T"),
+        (lambda: ddim(eta=-1.0, num_steps=5), "eta must be >= 0"),
     ]
-    for sampler, kw, match in cases:
+    for call, match in cases:
         with pytest.raises(ValueError, match=match):
-            sampler(key, rec, s, shape=(2, 3), **kw)
+            call()
     with pytest.raises(ValueError, match="shape must be a non-empty tuple of positive ints"):
-        D.ddpm_sample(key, rec, s, shape=(0, 3))
+        diffusion.ddpm_sample(key, rec, s, shape=(0, 3))
     with pytest.raises(ValueError, match="eps_fn must return an array shaped like its input"):
-        D.ddim_sample(key, lambda x, t, y, m: x[:, :1], s, shape=(2, 3), num_steps=5)
+        diffusion.ddim_sample(key, lambda x, t: x[:, :1], s, shape=(2, 3), num_steps=5)
+
+
+def _old_style_sampler(key, predict, schedule, shape, *, ddim_steps=None, eta=0.0):
+    """The samplers as they were before the ε-function transforms (PR 13), written out: the same
+    draws and the same steps, with the prediction ``predict(x, t_scalar)`` chosen by the caller."""
+    key_init, key_steps = jax.random.split(key)
+    x = jax.random.normal(key_init, (int(np.prod(shape)),), jnp.float32).reshape(shape)
+    if ddim_steps is None:
+
+        def body(x, t):
+            key_t = jax.random.fold_in(key_steps, t)
+            return diffusion.ddpm_step(key_t, schedule, x, t, predict(x, t)), None
+
+        return jax.lax.scan(body, x, jnp.arange(schedule.num_steps, 0, -1, dtype=jnp.int32))[0]
+    taus = diffusion.ddim_timesteps(schedule.num_steps, ddim_steps)[::-1]
+    prev = np.append(taus[1:], 0)
+
+    def body_ddim(x, tt):
+        t, t_prev = tt
+        key_t = jax.random.fold_in(key_steps, t)
+        return diffusion.ddim_step(key_t, schedule, x, t, t_prev, predict(x, t), eta=eta), None
+
+    return jax.lax.scan(body_ddim, x, (jnp.asarray(taus, jnp.int32), jnp.asarray(prev, jnp.int32)))[0]
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+def test_conditional_and_guided_eps_fns_give_the_old_samplers_samples_bit_for_bit(kind):
+    """conditional(eps_fn, labels) is eps_fn(x, t, labels, ones) and guided(eps_fn, labels, γ) is
+    guided_eps on a doubled batch, inside the same loop as before: identical samples for one key."""
+    s = diffusion.linear_schedule(10, 1e-3, 0.2)
+    rec = _Recorder()
+    labels = jnp.array([0, 3, 9, 1], jnp.int32)
+    shape, n = (4, 3, 3, 1), 4
+    options = {} if kind == "ddpm" else {"num_steps": 4, "eta": 0.5}
+    sampler = diffusion.ddpm_sample if kind == "ddpm" else diffusion.ddim_sample
+    old = {} if kind == "ddpm" else {"ddim_steps": 4, "eta": 0.5}
+
+    def full(t):
+        return jnp.full((n,), t, jnp.int32)
+
+    predictions = {
+        "unconditional": (lambda f: f, lambda x, t: rec(x, full(t), None, None)),
+        "conditional": (
+            lambda f: diffusion.conditional(f, labels),
+            lambda x, t: rec(x, full(t), labels, jnp.ones((n,), x.dtype)),
+        ),
+        "guided": (
+            lambda f: diffusion.guided(f, labels, 3.0),
+            lambda x, t: diffusion.guided_eps(rec, x, t, labels, 3.0),
+        ),
+    }
+    key = jax.random.key(5)
+    for name, (transform, predict) in predictions.items():
+        new_x = jax.jit(lambda k, transform=transform: sampler(k, transform(rec), s, shape=shape, **options))(
+            key
+        )
+        old_x = jax.jit(lambda k, predict=predict: _old_style_sampler(k, predict, s, shape, **old))(key)
+        np.testing.assert_array_equal(new_x, old_x, err_msg=name)
+        trajectory = (diffusion.ddpm_trajectory if kind == "ddpm" else diffusion.ddim_trajectory)(
+            key, transform(rec), s, shape=shape, every=2, **options
+        )
+        np.testing.assert_array_equal(trajectory.x0, sampler(key, transform(rec), s, shape=shape, **options))
+
+
+def test_conditional_closes_over_labels_with_a_mask_of_ones():
+    rec = _Recorder()
+    x = np.ones((2, 3), np.float32)
+    t = np.array([4, 4], np.int32)
+    labels = np.array([2, 5], np.int32)
+    np.testing.assert_array_equal(
+        diffusion.conditional(rec, labels)(x, t), rec(x, t, labels, np.ones(2, np.float32))
+    )
+    np.testing.assert_array_equal(
+        diffusion.guided(rec, labels, 1.5)(x, t), diffusion.guided_eps(rec, x, t, labels, 1.5)
+    )
+    # the labels may be traced: the transforms are built inside jit as well
+    jitted = jax.jit(lambda y, g: diffusion.guided(rec, y, g)(x, t))(labels, 1.5)
+    np.testing.assert_allclose(
+        jitted, diffusion.guided_eps(rec, x, t, labels, 1.5), rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32
+    )

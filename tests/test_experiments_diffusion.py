@@ -10,8 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import _diffusion as D
-from experiments import step09_diffusion, step10_guidance
+from experiments import _diffusion, _diffusion_judge, step09_diffusion, step10_guidance
 
 # tiny but complete: width 8 (quick), T = 20, DDIM 5 steps, 20 judged samples, 1 epoch
 TINY = {"quick": True, "num_timesteps": 20, "ddim_steps": 5, "epochs": 1}
@@ -35,8 +34,10 @@ def test_step09_runs_and_writes_its_contract(tmp_path):
 def test_step10_runs_and_reuses_a_judge_of_the_same_dataset(tmp_path):
     judge_dir = tmp_path / "cnn"
     (judge_dir).mkdir()
-    data = D.load_images(replace(step10_guidance.Config(), quick=True))
-    params, _ = D.train_judge(replace(step10_guidance.Config(), quick=True), data, jax.random.key(1))
+    data = _diffusion.load_images(replace(step10_guidance.Config(), quick=True))
+    params, _ = _diffusion_judge.train_judge(
+        replace(step10_guidance.Config(), quick=True), data, jax.random.key(1), epochs=3
+    )
     from dlx_jax import training
 
     training.save_params(judge_dir / "params", params)
@@ -56,14 +57,17 @@ def test_step10_runs_and_reuses_a_judge_of_the_same_dataset(tmp_path):
 
 def test_diffusion_training_resumes_bit_for_bit(tmp_path):
     config = replace(step09_diffusion.Config(), out=str(tmp_path / "a"), **TINY)
-    data = D.load_images(config)
-    model = D.build_model(config, conditional=False)
+    data = _diffusion.load_images(config)
+    model = _diffusion.build_model(config, conditional=False)
     key = jax.random.key(3)
-    full, history, _ = D.train(replace(config, epochs=2), model, data, key, loss_options={}, fingerprint={})
+    full, history, _ = _diffusion.train(
+        replace(config, epochs=2), model, data, key, loss_options={}, fingerprint={}
+    )
     interrupted = replace(config, out=str(tmp_path / "b"), epochs=1)
-    D.train(interrupted, model, data, key, loss_options={}, fingerprint={})
-    resumed, history2, _ = D.train(replace(interrupted, epochs=2, resume=True), model, data, key,
-                                   loss_options={}, fingerprint={})  # fmt: skip
+    _diffusion.train(interrupted, model, data, key, loss_options={}, fingerprint={})
+    resumed, history2, _ = _diffusion.train(
+        replace(interrupted, epochs=2, resume=True), model, data, key, loss_options={}, fingerprint={}
+    )
     assert history2["loss"] == history["loss"]
     for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # params, Adam, batch stats, EMA
@@ -96,16 +100,16 @@ def test_bad_settings_fail_before_any_output(tmp_path, module, overrides, messag
 
 def test_batchnorm_statistics_are_recalibrated_for_the_ema_weights():
     config = replace(step10_guidance.Config(), quick=True, bn_recalibration=3)
-    data = D.load_images(config)
-    model = D.build_model(config, conditional=True)
+    data = _diffusion.load_images(config)
+    model = _diffusion.build_model(config, conditional=True)
     from dlx_jax import unet
 
     params, stats = unet.init(jax.random.key(0), model)
-    new = D.recalibrate_batch_stats(config, model, params, stats, data, jax.random.key(1))
+    new = _diffusion.recalibrate_batch_stats(config, model, params, stats, data, jax.random.key(1))
     old_leaves, new_leaves = jax.tree_util.tree_leaves(stats), jax.tree_util.tree_leaves(new)
     assert all(np.isfinite(np.asarray(v)).all() for v in new_leaves)
     assert any(not np.array_equal(a, b) for a, b in zip(old_leaves, new_leaves, strict=True))
-    same = D.recalibrate_batch_stats(
+    same = _diffusion.recalibrate_batch_stats(
         replace(config, bn_recalibration=0), model, params, stats, data, jax.random.key(1)
     )
     assert same is stats

@@ -22,17 +22,45 @@ labels of the whole batch are dropped with probability ``label_drop`` (book: 0.1
 **Reverse process.** :func:`ddpm_step` is the book's ancestral step
 ``x_{t-1} = (x_t - β_t/√(1 - ᾱ_t) ε̂)/√α_t + σ_t z`` with
 ``σ_t² = β_t (1 - ᾱ_{t-1})/(1 - ᾱ_t)`` and no noise at ``t = 1``; :func:`ddim_step` is DDIM
-(Song et al., 2021). :func:`ddpm_sample` (``t = T..1``) and :func:`ddim_sample` (``num_steps``
-evenly spaced timesteps, :func:`ddim_timesteps`) each run as one ``lax.scan``; they are
-unconditional (no labels), conditional (labels) or guided (labels and ``gamma``:
-``ε̂ = ε̂_u + γ(ε̂_c - ε̂_u)``, :func:`guided_eps`). Nothing is clipped unless ``clip_x0`` is given
-(the book does not clip).
+(Song et al., 2021, ``η`` in ``[0, 1]``). :func:`ddpm_sample` (``t = T..1``) and :func:`ddim_sample`
+(``num_steps`` evenly spaced timesteps, :func:`ddim_timesteps`) each run as one ``lax.scan`` and
+return ``x_0``; :func:`ddpm_trajectory` and :func:`ddim_trajectory` run the same loops and return a
+:class:`Trajectory`. All four take ``(key, eps_fn, schedule, *, shape, ...)`` and one shared set of
+keyword options:
+
+**Sampler options** (keyword-only, the same in every sampler):
+
+* ``shape``: ``(n, ...)`` sample shape, e.g. ``(n, h, w, c)`` (static, required).
+* ``clip_x0``: ``None`` (default; the book does not clip) or ``(low, high)``: clip the implied
+  ``x̂0`` at every step (see :func:`ddpm_step`, :func:`ddim_step`).
+* ``x_init``: ``None`` (default: ``x_T ~ N(0, I)`` from ``key_init``) or an ``x_T`` of shape ``shape``.
+* ``dtype``: floating dtype of the samples; default ``x_init``'s, else the schedule's.
+* DDIM only: ``num_steps`` ``S`` in ``1..T`` (static, default 50) and ``eta`` ``η`` in ``[0, 1]``
+  (default 0, deterministic; ``η = 1`` with ``S = T`` is DDPM).
+* trajectories only: ``every`` ``k >= 1`` (static, required): record the start ``x_T`` and the sample
+  after every step that leaves a multiple of ``k`` steps to go (for ``T = 1000, k = 100``:
+  ``x_1000, x_900, ..., x_100, x_0``; for DDIM counted in DDIM steps).
+
+**The ε-function contract.** A sampler calls ``eps_fn(x, t) -> eps`` (:data:`EpsFn`): ``x (n, ...)``
+float, ``t (n,)`` int32 in ``1..T``, the output shaped like ``x``. The model's parameters, state and
+conditioning are closed over it, as score-based codebases close a model into its score function:
+
+* :func:`make_eps_fn` ``(apply_fn, params, model_state)`` returns the model in eval mode,
+  ``eps_fn(x, t, labels=None, label_mask=None)``: called with ``(x, t)`` it is the unconditional
+  :data:`EpsFn`; its labelled form is a :data:`LabeledEpsFn`;
+* :func:`conditional` ``(eps_fn, labels)`` returns ``(x, t) -> eps_fn(x, t, labels, 1)``;
+* :func:`guided` ``(eps_fn, labels, gamma)`` returns classifier-free guidance
+  ``ε̂ = ε̂_u + γ(ε̂_c - ε̂_u)`` from one ``eps_fn`` call on a ``2n`` batch (:func:`guided_eps`;
+  ``γ = 0`` unconditional, ``γ = 1`` conditional, book ``γ = 3``).
+
+So ``ddim_sample(key, guided(make_eps_fn(apply_fn, params, state), labels, 3.0), schedule,
+shape=(n, 28, 28, 1))``. The old sampler keywords (``labels=``, ``gamma=``, ``num_classes=``,
+``trajectory_every=``) raise ``TypeError`` naming the call that replaces them.
 
 **The model contract** (what :mod:`dlx_jax.unet` provides):
 ``apply_fn(params, model_state, x, t, labels, label_mask, *, train) -> (eps_hat, new_model_state)``
 with ``x (n, h, w, c)`` float, ``t (n,)`` int32 in ``1..T``, ``labels (n,)`` int32 or ``None``,
-``label_mask (n,)`` float in {0, 1} or ``None`` (0 = no label embedding). The samplers take the
-eval-mode ``eps_fn(x, t, labels, label_mask) -> eps`` (:func:`make_eps_fn`).
+``label_mask (n,)`` float in {0, 1} or ``None`` (0 = no label embedding).
 
 Conventions: ``key`` first; shape-setting arguments are keyword-only and static; functions are
 undecorated (the caller jits); dtypes are preserved (float32 in, float32 out; the schedule's
@@ -50,8 +78,23 @@ from dlx_jax.diffusion._forward import (
     q_sample_from_noise,
     sample_timesteps,
 )
-from dlx_jax.diffusion._guidance import DROP_MODES, EpsFn, guided_eps, label_drop_mask
-from dlx_jax.diffusion._samplers import ddim_sample, ddpm_sample, make_eps_fn
+from dlx_jax.diffusion._guidance import (
+    DROP_MODES,
+    EpsFn,
+    LabeledEpsFn,
+    conditional,
+    guided,
+    guided_eps,
+    label_drop_mask,
+)
+from dlx_jax.diffusion._samplers import (
+    Trajectory,
+    ddim_sample,
+    ddim_trajectory,
+    ddpm_sample,
+    ddpm_trajectory,
+    make_eps_fn,
+)
 from dlx_jax.diffusion._schedule import Schedule, linear_schedule, schedule_from_betas
 from dlx_jax.diffusion._steps import ddim_step, ddim_timesteps, ddpm_step, predict_x0
 
@@ -59,13 +102,19 @@ __all__ = [
     "DROP_MODES",
     "ApplyFn",
     "EpsFn",
+    "LabeledEpsFn",
     "LossFn",
     "Schedule",
+    "Trajectory",
+    "conditional",
     "ddim_sample",
     "ddim_step",
     "ddim_timesteps",
+    "ddim_trajectory",
     "ddpm_sample",
     "ddpm_step",
+    "ddpm_trajectory",
+    "guided",
     "guided_eps",
     "label_drop_mask",
     "linear_schedule",

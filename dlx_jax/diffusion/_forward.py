@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -11,8 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from dlx_jax._checks import check_timesteps
+from dlx_jax._random import standard_normal
 from dlx_jax.diffusion._guidance import check_drop, check_labels, label_drop_mask
-from dlx_jax.diffusion._schedule import Schedule, check_schedule, check_timesteps, coef, float_x
+from dlx_jax.diffusion._schedule import Schedule, check_schedule, coef, float_x
 
 #: ``apply_fn(params, model_state, x, t, labels, label_mask, *, train) -> (eps_hat, new_state)``:
 #: the network, e.g. the UNet of :mod:`dlx_jax.unet`. ``x (n, h, w, c)`` float, ``t (n,)`` int32
@@ -153,12 +154,7 @@ def make_loss(
             output not shaped like its input.
     """
     check_schedule(schedule)
-    check_drop(label_drop, drop_mode)
-    if not conditional and label_drop > 0:
-        raise ValueError(
-            f"label_drop={label_drop} needs conditional=True (labels to drop); pass conditional=True "
-            "or label_drop=0"
-        )
+    _check_loss_options(conditional, label_drop, drop_mode)
 
     def loss_fn(
         key: PRNGKeyArray, params: Any, model_state: Any, batch: Any
@@ -175,13 +171,7 @@ def make_loss(
         else:
             labels = mask = None
         eps_hat, new_state = apply_fn(params, model_state, x_t, t, labels, mask, train=True)
-        eps_hat = jnp.asarray(eps_hat)
-        if eps_hat.shape != x0.shape:
-            raise ValueError(
-                f"apply_fn must return eps_hat shaped like its input x, {x0.shape}, got {eps_hat.shape}; "
-                "the model must predict one noise value per pixel"
-            )
-        mse = jnp.mean(jnp.square(eps_hat.astype(x0.dtype) - eps))
+        mse = jnp.mean(jnp.square(_check_eps_hat(eps_hat, x0) - eps))
         metrics = {"mse": mse}
         if conditional:
             metrics["label_drop_fraction"] = 1 - jnp.mean(mask)
@@ -208,7 +198,21 @@ def _split_batch(batch: Any, conditional: bool) -> tuple[Any, Any]:
     return batch, None
 
 
-def standard_normal(key: PRNGKeyArray, shape: tuple[int, ...], dtype: jnp.dtype) -> Array:
-    """``jax.random.normal`` drawn flat and reshaped: the same distribution, but XLA:CPU compiles
-    a flat draw much faster than a multi-axis one (see :mod:`dlx_jax.distributions`)."""
-    return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
+def _check_loss_options(conditional: bool, label_drop: float, drop_mode: str) -> None:
+    check_drop(label_drop, drop_mode)
+    if not conditional and label_drop > 0:
+        raise ValueError(
+            f"label_drop={label_drop} needs conditional=True (labels to drop); pass conditional=True "
+            "or label_drop=0"
+        )
+
+
+def _check_eps_hat(eps_hat: ArrayLike, x0: Array) -> Array:
+    """The model's output as an array in ``x0``'s dtype; it must be shaped like ``x0``."""
+    eps_hat = jnp.asarray(eps_hat)
+    if eps_hat.shape != x0.shape:
+        raise ValueError(
+            f"apply_fn must return eps_hat shaped like its input x, {x0.shape}, got {eps_hat.shape}; "
+            "the model must predict one noise value per pixel"
+        )
+    return eps_hat.astype(x0.dtype)

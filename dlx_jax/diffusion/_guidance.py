@@ -1,5 +1,6 @@
-"""Classifier-free guidance (book step 10): label dropping for training and the guided noise
-prediction for sampling (see :mod:`dlx_jax.diffusion`)."""
+"""Conditioning as ε-function transforms (book step 10): :func:`conditional` and :func:`guided` close
+a labelled model over its labels (and guidance scale) and return the :data:`EpsFn` the samplers call;
+label dropping for classifier-free-guidance training (see :mod:`dlx_jax.diffusion`)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,89 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from dlx_jax._checks import require
-from dlx_jax.diffusion._schedule import is_concrete
+from dlx_jax._checks import check_class_labels, is_concrete, require
 
-#: ``eps_fn(x, t, labels, label_mask) -> eps``: the model in eval mode, closing over its
-#: parameters and state. ``x (n, ...)``, ``t (n,)`` int32 1-based, ``labels (n,)`` int32 or
-#: ``None``, ``label_mask (n,)`` float in {0, 1} or ``None`` (0 = no label embedding).
-EpsFn = Callable[[Array, Array, Array | None, Array | None], Array]
+#: ``eps_fn(x, t) -> eps``: what the samplers call. ``x (n, ...)`` float, ``t (n,)`` int32 in
+#: ``1..T`` (1-based); returns the noise prediction shaped like ``x``. The model's parameters,
+#: state and conditioning are closed over (:func:`make_eps_fn`, :func:`conditional`, :func:`guided`).
+EpsFn = Callable[[Array, Array], Array]
+
+#: ``eps_fn(x, t, labels, label_mask) -> eps``: a model whose conditioning is still open, e.g. the
+#: one :func:`make_eps_fn` returns. ``labels (n,)`` int32 or ``None``, ``label_mask (n,)`` float in
+#: {0, 1} or ``None`` (0 = no label embedding). Called with ``(x, t)`` only it must be unconditional.
+LabeledEpsFn = Callable[[Array, Array, Array | None, Array | None], Array]
 
 #: ``"batch"``: drop the whole batch's labels at once with probability ``p`` (the book's
 #: ``if np.random.random() < 0.1: labels = None``); ``"example"``: drop each example's label
 #: independently with probability ``p``.
 DROP_MODES = ("batch", "example")
+
+
+def conditional(
+    eps_fn: LabeledEpsFn, labels: Int[ArrayLike, " n"], *, num_classes: int | None = None
+) -> EpsFn:
+    """The conditional model as an :data:`EpsFn`: ``(x, t) -> eps_fn(x, t, labels, 1)``.
+
+    Every example keeps its label (mask of ones in ``x``'s dtype): ``γ = 1`` without the
+    unconditional pass of :func:`guided`.
+
+    Args:
+        eps_fn: the labelled model (:data:`LabeledEpsFn`, e.g. from :func:`make_eps_fn`).
+        labels: ``(n,)`` integer class labels, one per sample (may be traced).
+        num_classes: when given, concrete labels must lie in ``0..num_classes - 1``; otherwise
+            they must be ``>= 0``.
+
+    Returns:
+        ``eps_fn(x, t)`` for the samplers; ``x`` must have ``n`` examples.
+
+    Raises:
+        ValueError: labels that are not ``(n,)`` integers or (when concrete) out of range; at
+            sampling time, a sample count other than ``n``.
+    """
+    labels = check_labels(labels, jnp.shape(labels)[0] if jnp.ndim(labels) == 1 else -1, num_classes)
+
+    def conditioned(x: Array, t: Array) -> Array:
+        n = x.shape[0]
+        _check_label_shape(labels, n)
+        return eps_fn(x, t, labels, jnp.ones((n,), x.dtype))
+
+    return conditioned
+
+
+def guided(
+    eps_fn: LabeledEpsFn,
+    labels: Int[ArrayLike, " n"],
+    gamma: float | Float[ArrayLike, ""],
+    *,
+    num_classes: int | None = None,
+) -> EpsFn:
+    """The classifier-free guided model as an :data:`EpsFn`: ``(x, t) -> guided_eps(eps_fn, x, t,
+    labels, gamma)``, i.e. ``ε̂_u + γ(ε̂_c - ε̂_u)`` from one ``eps_fn`` call on a ``2n`` batch.
+
+    Args:
+        eps_fn: the labelled model (:data:`LabeledEpsFn`, e.g. from :func:`make_eps_fn`).
+        labels: ``(n,)`` integer class labels, one per sample (may be traced).
+        gamma: guidance scale ``γ >= 0`` (book: 3; may be traced, checked when concrete).
+        num_classes: when given, concrete labels must lie in ``0..num_classes - 1``.
+
+    Returns:
+        ``eps_fn(x, t)`` for the samplers; ``x`` must have ``n`` examples.
+
+    Raises:
+        ValueError: ``labels=None``, bad labels (see :func:`conditional`) or ``γ < 0``.
+    """
+    if labels is None:
+        raise ValueError(
+            "gamma (classifier-free guidance) needs labels to guide towards; pass "
+            "diffusion.guided(eps_fn, labels, gamma), or sample eps_fn itself for the unconditional model"
+        )
+    labels = check_labels(labels, jnp.shape(labels)[0] if jnp.ndim(labels) == 1 else -1, num_classes)
+    check_gamma(gamma)
+
+    def guided_fn(x: Array, t: Array) -> Array:
+        return guided_eps(eps_fn, x, t, labels, gamma)
+
+    return guided_fn
 
 
 def label_drop_mask(
@@ -60,7 +132,7 @@ def label_drop_mask(
 
 
 def guided_eps(
-    eps_fn: EpsFn,
+    eps_fn: LabeledEpsFn,
     x: Float[Array, " n *img"],
     t: Int[ArrayLike, "*n"],
     labels: Int[ArrayLike, " n"],
@@ -80,8 +152,8 @@ def guided_eps(
     ``(1 + w) ε̂_c - w ε̂_u`` with guidance weight ``w = γ - 1``.
 
     Args:
-        eps_fn: the model in eval mode, ``eps_fn(x, t, labels, label_mask) -> eps`` (see
-            :data:`EpsFn`).
+        eps_fn: the labelled model, ``eps_fn(x, t, labels, label_mask) -> eps`` (see
+            :data:`LabeledEpsFn`).
         x: ``(n, ...)`` noisy inputs ``x_t`` (images ``(n, h, w, c)``).
         t: scalar or ``(n,)`` integer timesteps in ``1..T``; broadcast to ``(n,)`` int32.
         labels: ``(n,)`` integer class labels.
@@ -147,36 +219,40 @@ def check_gamma(gamma: float | Array) -> None:
 
 
 def check_labels(labels: ArrayLike, n: int, num_classes: int | None) -> Int[Array, " n"]:
-    """Check ``labels`` is ``(n,)`` integer and, when concrete, in range; return it as int32."""
+    """Check ``labels`` is ``(n,)`` integer and, when concrete, in range; return it as int32.
+
+    The range check is :func:`dlx_jax._checks.check_class_labels` when ``num_classes`` is given,
+    else ``labels >= 0``."""
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(
             f"labels must be integers (class indices), got dtype {labels.dtype}; pass "
             "jnp.asarray(labels, jnp.int32)"
         )
-    if labels.shape != (n,):
-        raise ValueError(
-            f"labels must have shape (n,) = ({n},), one class per example, got {labels.shape}; "
-            "e.g. jnp.repeat(jnp.arange(10), n // 10)"
-        )
-    if num_classes is not None and (not isinstance(num_classes, int | np.integer) or num_classes < 1):
-        raise ValueError(
-            f"num_classes must be a positive int or None, got {num_classes!r}; pass e.g. num_classes=10"
-        )
-    hi = None if num_classes is None else int(num_classes) - 1
-    allowed = ">= 0" if hi is None else f"in 0..{hi}"
+    _check_label_shape(labels, n)
+    if num_classes is not None:
+        if not isinstance(num_classes, int | np.integer) or isinstance(num_classes, bool) or num_classes < 1:
+            raise ValueError(
+                f"num_classes must be a positive int or None, got {num_classes!r}; pass e.g. num_classes=10"
+            )
+        check_class_labels(labels, n=n, num_classes=int(num_classes))
+        return labels.astype(jnp.int32)
 
     def message(lv: np.ndarray | None) -> str:
         got = "" if lv is None else f", got values in {lv.min()}..{lv.max()}"
         return (
-            f"labels must be {allowed} (class indices){got}; fix the labels, or mark unconditional "
+            f"labels must be >= 0 (class indices){got}; fix the labels, or mark unconditional "
             "examples with label_mask=0 instead of an out-of-range label"
         )
 
-    def ok(xp, a):
-        if not n:
-            return True
-        return xp.all(a >= 0) if hi is None else xp.all((a >= 0) & (a <= hi))
-
-    require(ok, labels, message)
+    require(lambda xp, a: xp.all(a >= 0) if xp.size(a) else True, labels, message)
     return labels.astype(jnp.int32)
+
+
+def _check_label_shape(labels: Array, n: int) -> None:
+    if labels.shape != (n,):
+        shown = "(n,)" if n < 0 else f"(n,) = ({n},)"
+        raise ValueError(
+            f"labels must have shape {shown}, one class per example, got {labels.shape}; "
+            "e.g. jnp.repeat(jnp.arange(10), n // 10)"
+        )

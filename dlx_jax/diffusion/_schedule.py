@@ -1,5 +1,5 @@
-"""The noise schedule and the timestep helpers shared by the loss and the samplers
-(see :mod:`dlx_jax.diffusion`)."""
+"""The noise schedule and the helpers that read it, shared by the loss and the samplers (see
+:mod:`dlx_jax.diffusion`; the timestep check lives in :func:`dlx_jax._checks.check_timesteps`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from dlx_jax._checks import check_finite, require
+from dlx_jax._checks import check_finite
 
 
 class Schedule(NamedTuple):
@@ -156,11 +156,6 @@ def schedule_from_betas(betas: Float[ArrayLike, " T"], *, dtype: jnp.dtype | Non
 # --- private helpers shared by the package ----------------------------------------------------------
 
 
-def is_concrete(*values: object) -> bool:
-    """True when no argument is a JAX tracer, i.e. its numbers can be inspected now."""
-    return not any(isinstance(v, jax.core.Tracer) for v in values)
-
-
 def check_schedule(schedule: Schedule) -> int:
     """Check that ``schedule`` is a :class:`Schedule` of equal-length 1-D arrays; return ``T``."""
     if not isinstance(schedule, Schedule):
@@ -197,41 +192,6 @@ def float_x(x: ArrayLike, name: str = "x") -> Array:
         )
     check_finite(name, x, "drop or fix the examples with NaN/inf values (e.g. a diverged sample)")
     return x
-
-
-def check_timesteps(
-    t: Int[ArrayLike, "*n"],
-    num_steps: int,
-    n: int,
-    *,
-    low: int = 1,
-    high: int | None = None,
-    name: str = "t",
-) -> Int[Array, "*n"]:
-    """Check that ``t`` is an integer scalar or ``(n,)`` and, when concrete, in ``low..high``
-    (``high`` defaults to ``T = num_steps``)."""
-    high = num_steps if high is None else high
-    t = jnp.asarray(t)
-    if not jnp.issubdtype(t.dtype, jnp.integer):
-        raise ValueError(
-            f"{name} must hold integer timesteps in {low}..{high}, got dtype {t.dtype}; "
-            f"pass e.g. jnp.asarray({name}, jnp.int32)"
-        )
-    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != n):
-        raise ValueError(
-            f"{name} must be a scalar or have shape (n,) = ({n},) (one timestep per example), got "
-            f"{t.shape}; pass one timestep per example"
-        )
-
-    def message(tv: np.ndarray | None) -> str:
-        got = "" if tv is None else f", got values in {tv.min()}..{tv.max()}"
-        return (
-            f"{name} must lie in {low}..{high} (the book's 1-based timesteps; T = {num_steps}){got}; "
-            "draw timesteps with sample_timesteps(key, schedule, n=n) or clip them"
-        )
-
-    require(lambda xp, a: xp.all((a >= low) & (a <= high)) if xp.size(a) else True, t, message)
-    return t.astype(jnp.int32)
 
 
 def coef(values: Float[Array, " T+1"], t: Int[Array, "*n"], x: Array) -> Array:

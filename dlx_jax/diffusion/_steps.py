@@ -9,15 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from dlx_jax.diffusion._forward import standard_normal
-from dlx_jax.diffusion._schedule import (
-    Schedule,
-    check_schedule,
-    check_timesteps,
-    coef,
-    float_x,
-    is_concrete,
-)
+from dlx_jax._checks import check_timesteps, is_concrete
+from dlx_jax._random import standard_normal
+from dlx_jax.diffusion._schedule import Schedule, check_schedule, coef, float_x
 
 
 def predict_x0(
@@ -169,7 +163,8 @@ def ddim_step(
         t: timestep in ``1..T``, scalar (possibly traced) or ``(n,)``.
         t_prev: target timestep ``s`` in ``0..t-1``, scalar or ``(n,)``.
         eps_hat: noise prediction ``ε̂(x_t, t)``, shaped like ``x``.
-        eta: ``η >= 0`` (may be traced; checked when concrete).
+        eta: ``η`` in ``[0, 1]`` (may be traced; checked when concrete). ``η > 1`` can ask for
+            ``σ² > 1 - ᾱ_s`` (more noise than the schedule has at ``s``) and is rejected.
         clip_x0: ``None`` (default, no clipping) or ``(low, high)``: clip ``x̂0`` and use the
             matching ``ε̂ = (x_t - √ᾱ_t x̂0)/√(1 - ᾱ_t)`` (as OpenAI's guided-diffusion does).
 
@@ -178,7 +173,7 @@ def ddim_step(
 
     Raises:
         ValueError: bad shapes or dtypes, (concrete) ``t`` outside ``1..T`` or ``t_prev`` outside
-            ``0..t-1``, ``η < 0``, a bad ``clip_x0``, or ``key=None`` with ``η != 0``.
+            ``0..t-1``, ``η`` outside ``[0, 1]``, a bad ``clip_x0``, or ``key=None`` with ``η != 0``.
     """
     num_steps = check_schedule(schedule)
     x, eps_hat = _check_x_eps(x, eps_hat)
@@ -232,11 +227,18 @@ def _check_x_eps(x: ArrayLike, eps_hat: ArrayLike) -> tuple[Array, Array]:
 
 
 def check_eta(eta: float | Array) -> None:
+    """``η`` must be a scalar in ``[0, 1]`` (checked when concrete)."""
     if jnp.ndim(eta) != 0:
         raise ValueError(f"eta must be a scalar, got shape {jnp.shape(eta)}; pass e.g. eta=0.0")
     if is_concrete(eta) and not float(eta) >= 0:
         raise ValueError(
             f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like noise), got {eta!r}; pass e.g. eta=0.0"
+        )
+    if is_concrete(eta) and float(eta) > 1:
+        raise ValueError(
+            f"eta must be <= 1, got {eta!r}: η > 1 can ask for a noise variance σ² above the 1 - ᾱ_s "
+            "that the schedule has at the target step, which leaves the schedule's variance; pass eta "
+            "in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like noise)"
         )
 
 
