@@ -172,6 +172,14 @@ LIBRARY_CASES = {
         r"n must be a non-negative int \(static\), got -1",
         r"pass e\.g\. n=500",
     ),
+    "mixture.mean_log_likelihood no points": (
+        lambda: mixture.mean_log_likelihood(
+            np.zeros((0, 2)),
+            mixture.gmm_params_from_covariances(np.ones(1), np.zeros((1, 2)), np.eye(2)[None]),
+        ),
+        r"x is an empty batch \(0 points\)",
+        r"pass at least one data point",
+    ),
     "normal_mle ddof=True": (
         lambda: distributions.normal_mle(np.arange(4.0), ddof=True),
         r"ddof must be a non-negative int",

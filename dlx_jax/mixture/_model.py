@@ -16,7 +16,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from dlx_jax._checks import check_finite, check_positive_int, is_concrete, require
+from dlx_jax._checks import check_finite, check_nonempty, check_positive_int, is_concrete, require
 from dlx_jax._linalg import UNROLL_MAX_D, precision_cholesky
 
 
@@ -293,9 +293,15 @@ def mean_log_likelihood(
 
     Returns:
         A scalar in the common dtype of ``x`` and ``params``.
+
+    Raises:
+        ValueError: as :func:`gmm_logpdf`, a negative ``floor``, or no points (the mean over
+            none is undefined).
     """
     check_nonneg(floor, "floor")
-    return jnp.mean(floored(gmm_logpdf(x, params), floor))
+    log_p = gmm_logpdf(x, params)
+    check_nonempty("x", log_p.size, what="points", fix="pass at least one data point")
+    return jnp.mean(floored(log_p, floor))
 
 
 def floored(log_p: Array, floor: float) -> Array:
