@@ -1,8 +1,10 @@
 """Argument checks shared by several library modules (one place, one wording of each error).
 
-Shape and setting checks (:func:`check_sizes`, :func:`check_num_samples`, :func:`check_last_axis`,
-:func:`check_float`, :func:`check_broadcast`) read only static information and so work at trace
-time inside ``jax.jit``. Every check raises ``ValueError`` naming the problem and the fix.
+Shape and setting checks (:func:`check_positive_int` for every count, size and step option,
+:func:`check_sizes`, :func:`check_num_samples`, :func:`check_shape`, :func:`check_nonempty` for a
+batch that is averaged over, :func:`check_last_axis`, :func:`check_float`, :func:`check_broadcast`)
+read only static information and so work at trace time inside ``jax.jit``. Every check raises
+``ValueError`` naming the problem and the fix.
 
 **Value checks** (:func:`check_finite`, :func:`check_unit_interval`, :func:`check_class_labels`,
 :func:`require`) need numbers. They run in two modes:
