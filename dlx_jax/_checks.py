@@ -1,8 +1,10 @@
 """Argument checks shared by several library modules (one place, one wording of each error).
 
-Shape and setting checks (:func:`check_sizes`, :func:`check_num_samples`, :func:`check_last_axis`,
-:func:`check_float`, :func:`check_broadcast`) read only static information and so work at trace
-time inside ``jax.jit``. Every check raises ``ValueError`` naming the problem and the fix.
+Shape and setting checks (:func:`check_positive_int` for every count, size and step option,
+:func:`check_sizes`, :func:`check_num_samples`, :func:`check_shape`, :func:`check_nonempty` for a
+batch that is averaged over, :func:`check_last_axis`, :func:`check_float`, :func:`check_broadcast`)
+read only static information and so work at trace time inside ``jax.jit``. Every check raises
+``ValueError`` naming the problem and the fix.
 
 **Value checks** (:func:`check_finite`, :func:`check_unit_interval`, :func:`check_class_labels`,
 :func:`require`) need numbers. They run in two modes:
@@ -42,7 +44,10 @@ __all__ = [
     "check_flat_pixels",
     "check_float",
     "check_last_axis",
+    "check_nonempty",
     "check_num_samples",
+    "check_positive_int",
+    "check_shape",
     "check_sizes",
     "check_unit_interval",
     "checked",
@@ -102,30 +107,54 @@ def check_unit_interval(name: str, x: Any, fix: str = PIXEL_FIX) -> None:
     require(lambda xp, a: xp.all((a >= 0) & (a <= 1)) if xp.size(a) else True, x, message)
 
 
-def check_class_labels(labels: Any, *, n: int | None, num_classes: int, name: str = "labels") -> None:
+def check_class_labels(
+    labels: Any,
+    *,
+    n: int | None,
+    num_classes: int,
+    name: str = "labels",
+    per: str = "example",
+    n_symbol: str | None = None,
+    note: str = " (class indices)",
+    fix: str = "fix or drop the out-of-range labels (e.g. jnp.clip or a mask)",
+    traced: bool = True,
+) -> None:
     """Integer class labels of shape ``(n,)`` with values in ``0..num_classes - 1``.
 
-    Dtype and shape are checked statically (also under ``jit``); values when concrete, or in
+    Shape and dtype are checked statically (also under ``jit``); values when concrete, or in
     :func:`checked` mode. Under plain ``jit`` an out-of-range label cannot be detected: it gives
     NaN (``>= num_classes``) or silently picks another class (negative, wrapped around).
+
+    Args:
+        labels: the labels.
+        n: the number of examples they label, or ``None`` to skip the shape check.
+        num_classes: the number of classes ``k`` (values must lie in ``0..k-1``).
+        name: what to call the labels in messages (e.g. ``"labels y"``).
+        per: what one label belongs to, for the shape message (``"example"``, ``"image"``).
+        n_symbol: the count's symbol in the caller's docs, e.g. ``"n"``: the shape message then
+            reads ``(n,) = (2,)``.
+        note: said after the range in the range message.
+        fix: the fix the range message suggests.
+        traced: also record a :func:`checked`-mode check for traced labels; ``False`` where an
+            out-of-range placeholder is allowed under ``jit`` (e.g. masked-out labels).
     """
+    if n is not None and jnp.shape(labels) != (n,):
+        shape = f"({n},)" if n_symbol is None else f"({n_symbol},) = ({n},)"
+        raise ValueError(
+            f"{name} must have shape {shape}, one label per {per}, got {jnp.shape(labels)}; "
+            f"pass as many labels as {per}s"
+        )
     if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
         raise ValueError(
             f"{name} must be integer class indices in 0..{num_classes - 1}, got dtype "
-            f"{jnp.result_type(labels)}; pass e.g. jnp.asarray({name}, jnp.int32)"
+            f"{jnp.result_type(labels)}; pass integers, e.g. jnp.asarray({name}, jnp.int32)"
         )
-    if n is not None and jnp.shape(labels) != (n,):
-        raise ValueError(
-            f"{name} must have shape ({n},), one label per example, got {jnp.shape(labels)}; "
-            "pass as many labels as examples"
-        )
+    if not traced and not is_concrete(labels):
+        return
 
     def message(arr: np.ndarray | None) -> str:
         got = "" if arr is None else f", got values in {int(arr.min())}..{int(arr.max())}"
-        return (
-            f"{name} must lie in 0..{num_classes - 1} (class indices){got}; fix or drop the "
-            f"out-of-range labels (e.g. jnp.clip or a mask)"
-        )
+        return f"{name} must lie in 0..{num_classes - 1}{note}{got}; {fix}"
 
     require(lambda xp, a: xp.all((a >= 0) & (a < num_classes)) if xp.size(a) else True, labels, message)
 
@@ -185,17 +214,61 @@ def checked(
     return wrapper
 
 
+def check_positive_int(name: str, value: Any, *, fix: str, minimum: int = 1, static: bool = False) -> None:
+    """``value`` must be an integer (Python or numpy, not ``bool``) ``>= minimum``.
+
+    The one check behind every count, size and step option (``batch_size``, ``n_init``, ``n``, ...).
+
+    Args:
+        name: the option's name as the caller spells it.
+        value: the value to check.
+        fix: what to do instead, e.g. ``"pass e.g. n_init=10"``.
+        minimum: the smallest allowed value (1; 0 for a count that may be zero).
+        static: the value is a static (Python) argument under ``jit``; the message says so.
+
+    Raises:
+        ValueError: ``"{name} must be an int >= {minimum} (static), got {value!r}; {fix}"`` (or
+            "an integer" when not ``static``, "a non-negative int" for ``minimum=0``).
+    """
+    if isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= minimum:
+        return
+    kind = "int" if static else "integer"
+    what = f"a non-negative {kind}" if minimum == 0 else f"an {kind} >= {minimum}"
+    raise ValueError(f"{name} must be {what}{' (static)' if static else ''}, got {value!r}; {fix}")
+
+
+def check_shape(name: str, shape: Any, *, fix: str) -> tuple[int, ...]:
+    """A static array shape: a tuple (or list) of integers ``>= 0``; returns it as a tuple.
+
+    Catches ``shape=(-1,)`` or ``shape=5`` before JAX fails on it with an internal error.
+    """
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        dims = None
+    if dims is None or any(not isinstance(d, int | np.integer) or isinstance(d, bool) or d < 0 for d in dims):
+        raise ValueError(f"{name} must be a tuple of non-negative ints (static), got {shape!r}; {fix}")
+    return dims
+
+
+def check_nonempty(name: str, count: int, *, what: str = "examples", fix: str | None = None) -> None:
+    """A batch that is averaged over must hold at least one example (``count`` is static)."""
+    if count < 1:
+        raise ValueError(
+            f"{name} is an empty batch (0 {what}), and a mean over no {what} is undefined (0/0); "
+            f"{fix or f'pass at least one of the {what}'}"
+        )
+
+
 def check_sizes(**sizes: int) -> None:
     """Every keyword is a layer size that must be an integer >= 1 (e.g. ``latent_dim=20``)."""
     for name, value in sizes.items():
-        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}; pass e.g. {name}=20")
+        check_positive_int(name, value, fix=f"pass e.g. {name}=20")
 
 
 def check_num_samples(num_samples: int) -> None:
     """``num_samples`` (a static sample count) must be an integer >= 1."""
-    if not isinstance(num_samples, int | np.integer) or isinstance(num_samples, bool) or num_samples < 1:
-        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}; pass e.g. num_samples=1")
+    check_positive_int("num_samples", num_samples, fix="pass e.g. num_samples=1")
 
 
 def check_last_axis(x, width: int) -> None:

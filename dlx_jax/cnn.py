@@ -41,7 +41,7 @@ from jax import lax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from dlx_jax import nn, training
-from dlx_jax._checks import check_class_labels, check_sizes, check_unit_interval
+from dlx_jax._checks import check_class_labels, check_nonempty, check_sizes, check_unit_interval
 
 __all__ = [
     "FEATURE_DIM",
@@ -135,14 +135,11 @@ def _check_images(x: Array) -> Array:
 
 
 def _check_labels(x: Array, y: Array) -> None:
-    """``y``: one integer label in ``0..9`` per image of ``x`` (counts and dtype static)."""
-    n = jnp.shape(x)[0] if jnp.ndim(x) >= 1 else None
-    if jnp.ndim(y) != 1 or jnp.shape(y)[0] != n:
-        raise ValueError(
-            f"labels y must have shape (n,) = ({n},), one per image, got {jnp.shape(y)}; "
-            "pass as many labels as images"
-        )
-    check_class_labels(y, n=n, num_classes=NUM_CLASSES, name="labels y")
+    """``y``: one integer label in ``0..9`` per image of ``x`` (counts and dtype static), and at
+    least one image (the loss and the accuracy are means over the batch)."""
+    n = jnp.shape(x)[0]
+    check_class_labels(y, n=n, num_classes=NUM_CLASSES, name="labels y", per="image", n_symbol="n")
+    check_nonempty("images x", n, what="images", fix="pass at least one image and its label")
 
 
 def features(
@@ -233,7 +230,8 @@ def loss(
     outside ``[0, 1]``.
 
     Raises:
-        ValueError: as :func:`apply`, plus labels of the wrong shape, dtype or (concrete) range.
+        ValueError: as :func:`apply`, plus labels of the wrong shape, dtype or (concrete) range,
+            or an empty batch (the mean over no images is undefined).
     """
     _check_labels(_check_images(x), y)
     logits = apply(
@@ -274,7 +272,7 @@ def accuracy(
 
     Raises:
         ValueError: as :func:`apply`, plus labels that are not one integer in ``0..9`` per image
-            (count and dtype checked also under ``jit``, values when concrete).
+            (count and dtype checked also under ``jit``, values when concrete), or no images.
     """
     _check_labels(_check_images(x), y)
     return jnp.mean(jnp.argmax(apply(params, x, **kwargs), axis=-1) == y)
@@ -307,7 +305,8 @@ def evaluate(
     """Accuracy over a whole set, evaluated in batches (see :func:`predict`).
 
     Raises:
-        ValueError: as :func:`predict`, plus labels that are not one integer in ``0..9`` per image.
+        ValueError: as :func:`predict`, plus labels that are not one integer in ``0..9`` per image,
+            or no images.
     """
     _check_labels(_check_images(x), y)
     return jnp.mean(predict(params, x, batch_size=batch_size, **kwargs) == y)

@@ -42,7 +42,7 @@ from jax.scipy.special import ndtr
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from dlx_jax._checks import check_finite, require
+from dlx_jax._checks import check_finite, check_positive_int, check_shape, is_concrete, require
 from dlx_jax._linalg import mahalanobis_sq
 
 __all__ = [
@@ -62,11 +62,6 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def _is_concrete(*values: object) -> bool:
-    """True when no argument is a JAX tracer, i.e. its numbers can be inspected now."""
-    return not any(isinstance(v, jax.core.Tracer) for v in values)
 
 
 def _float_dtype(*values: ArrayLike) -> jnp.dtype:
@@ -101,7 +96,7 @@ def _check_finite_data(x: ArrayLike, name: str) -> None:
 def _check_spd(cov: Array, scale_tril: Array) -> None:
     """Under tracing only (concrete values are checked on the host): ``checked``-mode checks that
     ``cov`` is symmetric and its Cholesky factor finite (positive definite)."""
-    if _is_concrete(cov):
+    if is_concrete(cov):
         return
     tol = 1e3 * jnp.finfo(cov.dtype).eps * jnp.maximum(jnp.max(jnp.abs(cov)), 1.0)
     sym = jnp.all(jnp.abs(cov - jnp.swapaxes(cov, -1, -2)) <= tol)
@@ -114,10 +109,7 @@ def _check_spd(cov: Array, scale_tril: Array) -> None:
 
 
 def _check_ddof(ddof: int, n: int, what: str) -> None:
-    if not isinstance(ddof, int | np.integer) or ddof < 0:
-        raise ValueError(
-            f"ddof must be a non-negative int (0 = MLE, 1 = unbiased), got {ddof!r}; pass ddof=0 or ddof=1"
-        )
+    check_positive_int("ddof", ddof, minimum=0, static=True, fix="pass ddof=0 (the MLE) or ddof=1 (unbiased)")
     if n <= ddof:
         raise ValueError(
             f"{what} needs more than ddof={ddof} samples, got n={n}; pass more data or a smaller ddof"
@@ -154,7 +146,7 @@ def scale_tril_from_cov(cov: Float[ArrayLike, "*batch d d"]) -> Float[Array, "*b
     cov = cov.astype(_float_dtype(cov))
     if cov.ndim < 2 or cov.shape[-1] != cov.shape[-2]:
         raise ValueError(f"cov must have shape (..., d, d), got {cov.shape}; pass a square covariance matrix")
-    concrete = _is_concrete(cov)
+    concrete = is_concrete(cov)
     if concrete:
         c = np.asarray(cov)
         if not np.isfinite(c).all():
@@ -171,7 +163,7 @@ def scale_tril_from_cov(cov: Float[ArrayLike, "*batch d d"]) -> Float[Array, "*b
     _check_spd(cov, scale_tril)
     if (
         concrete
-        and _is_concrete(scale_tril)
+        and is_concrete(scale_tril)
         and np.isnan(np.asarray(jnp.diagonal(scale_tril, 0, -2, -1))).any()
     ):
         raise ValueError(
@@ -225,6 +217,11 @@ def _standard_normal(key: PRNGKeyArray, shape: tuple[int, ...], dtype: jnp.dtype
     """``jax.random.normal`` drawn flat and reshaped: the same numbers, but XLA:CPU compiles the
     flat threefry draw in a fraction of the time of a multi-axis one (~0.6 s vs ~3-5 s)."""
     return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
+
+
+def _draws_fix(param_shape: tuple[int, ...]) -> str:
+    """How to ask for 1000 draws of parameters of batch shape ``param_shape``."""
+    return f"pass the number of draws first, e.g. shape={(1000, *param_shape)}"
 
 
 def _holds(shape: tuple[int, ...], param_shape: tuple[int, ...]) -> bool:
@@ -316,7 +313,8 @@ def sample_normal(
         Samples of shape ``shape``.
 
     Raises:
-        ValueError: ``shape`` does not broadcast with the parameters, or ``sigma <= 0`` or
+        ValueError: ``shape`` is not a tuple of ints >= 0 or does not broadcast with the
+            parameters, or ``sigma <= 0`` or
             non-finite ``mu``/``sigma`` (concrete).
     """
     _check_positive(sigma, "sigma")
@@ -324,7 +322,7 @@ def sample_normal(
     dtype = _float_dtype(mu, sigma) if dtype is None else jnp.dtype(dtype)
     mu, sigma = jnp.asarray(mu, dtype), jnp.asarray(sigma, dtype)
     param_shape = jnp.broadcast_shapes(mu.shape, sigma.shape)
-    shape = param_shape if shape is None else tuple(shape)
+    shape = param_shape if shape is None else check_shape("shape", shape, fix=_draws_fix(param_shape))
     if not _holds(shape, param_shape):
         raise ValueError(
             f"shape={shape} does not hold the parameter shape {param_shape}; pass shape=(n, *{param_shape})"
@@ -472,7 +470,8 @@ def sample_mvn(
         Samples of shape ``(*shape, d)`` in the floating dtype of the parameters.
 
     Raises:
-        ValueError: as :func:`mvn_logpdf`, or ``shape`` does not hold the parameters' batch shape.
+        ValueError: as :func:`mvn_logpdf`, or ``shape`` is not a tuple of ints >= 0 or does not
+            hold the parameters' batch shape.
     """
     mean = jnp.asarray(mean)
     d = _check_vector(mean)
@@ -481,7 +480,7 @@ def sample_mvn(
     dtype = _float_dtype(mean, scale_tril)
     mean, scale_tril = mean.astype(dtype), scale_tril.astype(dtype)
     param_batch = _broadcast_batch(mean.shape[:-1], scale_tril.shape[:-2])
-    shape = param_batch if shape is None else tuple(shape)
+    shape = param_batch if shape is None else check_shape("shape", shape, fix=_draws_fix(param_batch))
     if not _holds(shape, param_batch):
         raise ValueError(
             f"shape={shape} does not hold the parameters' batch shape {param_batch}; "

@@ -27,6 +27,7 @@ Functions broadcast over leading axes of ``x`` (``*n``); dtypes are preserved.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from dlx_jax import nn
-from dlx_jax._checks import check_flat_pixels, check_num_samples, check_sizes
+from dlx_jax._checks import check_flat_pixels, check_nonempty, check_num_samples, check_sizes
 from dlx_jax.bounds import (
     check_likelihood,
     diag_normal_log_pdf,
@@ -127,9 +128,11 @@ def book_loss(key: PRNGKeyArray, params: HVAEParams, x: Float[Array, "*n d"]) ->
 
     Raises:
         ValueError: ``x`` is not ``(..., d)`` floats, or (concrete) holds values outside ``[0, 1]``
-            (under ``jit`` only in ``dlx_jax.checked`` mode).
+            (under ``jit`` only in ``dlx_jax.checked`` mode); an empty batch (the mean over
+            no examples is undefined).
     """
     check_flat_pixels(x, params.encoder1.hidden.w.shape[0])
+    check_nonempty("x", math.prod(jnp.shape(x)[:-1]))
     key1, key2 = jax.random.split(key)
     mu1, logvar1 = gaussian_encoder(params.encoder1, x)
     z1, _ = _draw(key1, mu1, logvar1, mu1.shape)

@@ -52,7 +52,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from dlx_jax._checks import check_class_labels, check_float, check_sizes
+from dlx_jax._checks import check_class_labels, check_float, check_nonempty, check_positive_int, check_sizes
 
 __all__ = [
     "AUTO_IM2COL_MAX_K",
@@ -185,8 +185,8 @@ def max_pool2d(
             f"max_pool2d expects x of shape (n, h, w, c), got {jnp.shape(x)}; add the batch/channel axes "
             "(x[None, ..., None])"
         )
-    if size < 1 or stride < 1:
-        raise ValueError(f"size and stride must be >= 1, got size={size}, stride={stride}; pass e.g. size=2")
+    check_positive_int("size", size, static=True, fix="pass e.g. size=2")
+    check_positive_int("stride", stride, static=True, fix="pass e.g. stride=2, or None for stride = size")
     n, h, w, c = x.shape
     if size > h or size > w:
         raise ValueError(f"pool window {size} is larger than the {h}x{w} input; use a smaller size")
@@ -215,8 +215,9 @@ def relu(x: Float[Array, "*dims"]) -> Float[Array, "*dims"]:
 
 
 def flatten(x: Float[Array, "n ..."]) -> Float[Array, "n d"]:
-    """Flatten all but the batch axis in C order (for NHWC: ``(h, w, c)`` order)."""
-    return x.reshape(x.shape[0], -1)
+    """Flatten all but the batch axis in C order (for NHWC: ``(h, w, c)`` order); an empty batch
+    gives ``(0, h*w*c)``."""
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
 
 def dense(
@@ -349,8 +350,8 @@ def softmax_cross_entropy(logits: Float[Array, "n k"], labels: Int[Array, " n"])
     compiled code.
 
     Raises:
-        ValueError: logits not 2-D or not floating, labels not ``(n,)`` integers, or (concrete)
-            labels outside ``0..k-1``.
+        ValueError: logits not 2-D or not floating, labels not ``(n,)`` integers, ``n = 0`` (a
+            mean over no examples), or (concrete) labels outside ``0..k-1``.
     """
     if jnp.ndim(logits) != 2:
         raise ValueError(
@@ -358,6 +359,7 @@ def softmax_cross_entropy(logits: Float[Array, "n k"], labels: Int[Array, " n"])
         )
     check_float("logits", logits)
     check_class_labels(labels, n=logits.shape[0], num_classes=logits.shape[1])
+    check_nonempty("logits", logits.shape[0])
     log_z = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
     return jnp.mean(log_z - picked)

@@ -38,6 +38,7 @@ any leading axes (written ``*n``). Dtypes are preserved (float32 in → float32 
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -45,7 +46,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from dlx_jax import nn
-from dlx_jax._checks import check_flat_pixels, check_num_samples, check_sizes, validate_images
+from dlx_jax._checks import check_flat_pixels, check_nonempty, check_num_samples, check_sizes, validate_images
 from dlx_jax.bounds import (
     LIKELIHOODS,
     bernoulli_log_likelihood,
@@ -219,9 +220,11 @@ def book_loss(key: PRNGKeyArray, params: VAEParams, x: Float[Array, "*n d"]) -> 
         The scalar loss, in ``x``'s dtype.
 
     Raises:
-        ValueError: ``x`` is not ``(..., d)`` floats, or (concrete) holds values outside ``[0, 1]``.
+        ValueError: ``x`` is not ``(..., d)`` floats, or (concrete) holds values outside ``[0, 1]``,
+            or is an empty batch (the mean over no examples is undefined).
     """
     check_flat_pixels(x, params.encoder.hidden.w.shape[0])
+    check_nonempty("x", math.prod(jnp.shape(x)[:-1]))
     mu, logvar = encode(params, x)
     z = reparameterize(key, mu, logvar)
     x_hat = decode(params, z)

@@ -16,7 +16,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from dlx_jax._checks import check_finite, require
+from dlx_jax._checks import check_finite, check_nonempty, check_positive_int, is_concrete, require
 from dlx_jax._linalg import UNROLL_MAX_D, precision_cholesky
 
 
@@ -46,10 +46,6 @@ class GMMParams(NamedTuple):
 
 # --------------------------------------------------------------------------------------------
 # validation helpers
-
-
-def _is_concrete(*arrays) -> bool:
-    return not any(isinstance(a, jax.core.Tracer) for a in arrays)
 
 
 def float_array(x: ArrayLike, name: str) -> Array:
@@ -109,7 +105,7 @@ def check_nonneg(value, name: str, *, allow_inf: bool = False) -> None:
     """A (static or traced) hyper-parameter that must be a finite number >= 0 (``tol`` may be inf)."""
     if jnp.ndim(value) != 0:
         raise ValueError(f"{name} must be a scalar, got shape {jnp.shape(value)}; pass e.g. {name}=1e-6")
-    if _is_concrete(value):
+    if is_concrete(value):
         v = float(value)
         if not (v >= 0 and (allow_inf or math.isfinite(v))):
             raise ValueError(
@@ -190,7 +186,7 @@ def gmm_params_from_covariances(
         )
     for name, arr in (("weights", weights), ("means", means), ("covariances", covariances)):
         check_finite(name, arr, f"pass finite {name}")
-    if _is_concrete(weights, covariances):
+    if is_concrete(weights, covariances):
         w = np.asarray(weights, dtype=np.float64)
         if np.any(w < 0) or not np.isclose(w.sum(), 1.0, rtol=1e-5, atol=1e-6):
             raise ValueError(
@@ -201,7 +197,7 @@ def gmm_params_from_covariances(
         if not np.allclose(c, np.swapaxes(c, -1, -2), rtol=1e-5, atol=1e-8 * max(1.0, np.abs(c).max())):
             raise ValueError("covariances must be symmetric; pass (S + S^T) / 2 for each matrix S")
     scale_tril = jnp.linalg.cholesky(covariances)
-    if _is_concrete(scale_tril) and not np.all(np.isfinite(np.asarray(scale_tril))):
+    if is_concrete(scale_tril) and not np.all(np.isfinite(np.asarray(scale_tril))):
         bad = np.nonzero(~np.isfinite(np.asarray(scale_tril)).all(axis=(-1, -2)))[0].tolist()
         raise ValueError(
             f"covariance(s) {bad} are not symmetric positive definite (Cholesky failed); "
@@ -297,9 +293,15 @@ def mean_log_likelihood(
 
     Returns:
         A scalar in the common dtype of ``x`` and ``params``.
+
+    Raises:
+        ValueError: as :func:`gmm_logpdf`, a negative ``floor``, or no points (the mean over
+            none is undefined).
     """
     check_nonneg(floor, "floor")
-    return jnp.mean(floored(gmm_logpdf(x, params), floor))
+    log_p = gmm_logpdf(x, params)
+    check_nonempty("x", log_p.size, what="points", fix="pass at least one data point")
+    return jnp.mean(floored(log_p, floor))
 
 
 def floored(log_p: Array, floor: float) -> Array:
@@ -324,8 +326,7 @@ def sample_gmm(
     """
     k, d = check_params(params)
     check_param_values(params)
-    if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"n must be a non-negative int (static), got {n!r}; pass e.g. n=500")
+    check_positive_int("n", n, minimum=0, static=True, fix="pass e.g. n=500")
     key_z, key_eps = jax.random.split(key)
     dtype = params.means.dtype
     labels = jax.random.categorical(key_z, params.log_weights, shape=(n,))

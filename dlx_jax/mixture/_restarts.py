@@ -11,7 +11,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from dlx_jax._checks import require
+from dlx_jax._checks import check_positive_int, require
 from dlx_jax.mixture._em import (
     EMInfo,
     check_fitted,
@@ -187,8 +187,7 @@ def fit_restarts(
     x = float_array(x, "x")
     if x.ndim != 2:
         raise ValueError(f"x must have shape (n, d), got {x.shape}; reshape it to one row per sample")
-    if not isinstance(n_init, int | np.integer) or isinstance(n_init, bool) or n_init < 1:
-        raise ValueError(f"n_init must be an int >= 1 (static), got {n_init!r}; pass e.g. n_init=10")
+    check_positive_int("n_init", n_init, static=True, fix="pass e.g. n_init=10")
     # validate once, eagerly where possible (k, shapes, NaN, tol, ...)
     probe = init_params(key, x, k=k, method=method, reg_covar=reg_covar)
     check_params(probe)

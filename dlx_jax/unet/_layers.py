@@ -14,6 +14,8 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from dlx_jax._checks import check_positive_int
+
 __all__ = ["BatchNorm", "max_pool2", "time_embedding", "torch_uniform_init", "upsample_bilinear2x"]
 
 
@@ -40,8 +42,7 @@ def time_embedding(
     Raises:
         ValueError: ``t`` has more than one axis or ``dim < 1``.
     """
-    if dim < 1:
-        raise ValueError(f"dim must be >= 1, got {dim}")
+    check_positive_int("dim", dim, static=True, fix="pass e.g. dim=100 (the book's width)")
     t = jnp.asarray(t)
     if t.ndim > 1:
         raise ValueError(f"t must be a vector of time steps (n,), got shape {t.shape}; flatten it")

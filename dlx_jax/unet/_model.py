@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from dlx_jax._checks import check_class_labels
 from dlx_jax.unet._convs import CONV_IMPLS, DEFAULT_CONV_IMPL, Conv, conv
 from dlx_jax.unet._layers import BatchNorm, max_pool2, time_embedding, torch_uniform_init, upsample_bilinear2x
 
@@ -166,15 +167,16 @@ class UNet(nn.Module):
                 "UNet(num_labels=10) or pass labels=None"
             )
         labels = jnp.asarray(labels)
-        if labels.shape != (n,) or not jnp.issubdtype(labels.dtype, jnp.integer):
-            raise ValueError(f"labels must be integers of shape ({n},), got {labels.dtype} {labels.shape}")
-        if not isinstance(labels, jax.core.Tracer) and labels.size:  # concrete: check on the host
-            lo, hi = int(np.min(np.asarray(labels))), int(np.max(np.asarray(labels)))
-            if lo < 0 or hi >= self.num_labels:
-                raise ValueError(
-                    f"labels must lie in 0..{self.num_labels - 1}, got values in {lo}..{hi}; "
-                    "mark unconditional examples with label_mask=0 instead of an out-of-range label"
-                )
+        # values only when concrete: under jit a masked-out example may carry any placeholder label
+        check_class_labels(
+            labels,
+            n=n,
+            num_classes=self.num_labels,
+            per="image",
+            note="",
+            fix="mark unconditional examples with label_mask=0 instead of an out-of-range label",
+            traced=False,
+        )
         if label_mask is not None:
             label_mask = jnp.asarray(label_mask)
             if label_mask.shape != (n,):
