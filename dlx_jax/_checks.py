@@ -49,6 +49,7 @@ __all__ = [
     "check_positive_int",
     "check_shape",
     "check_sizes",
+    "check_timesteps",
     "check_unit_interval",
     "checked",
     "is_concrete",

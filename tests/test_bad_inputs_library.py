@@ -641,13 +641,13 @@ CASES = [
     (
         "sample_timesteps n=0",
         lambda: dif.sample_timesteps(KEY, schedule(), n=0),
-        r"n must be a positive int \(the batch size\), got 0",
+        r"n must be an int >= 1 \(static\), got 0; pass the batch size",
         r"pass e\.g\. n=len\(x0\)",
     ),
     (
         "linear_schedule T=1",
         lambda: dif.linear_schedule(1),
-        r"num_steps must be an int >= 2, got 1",
+        r"num_steps must be an int >= 2 \(static\), got 1",
         r"pass e\.g\. num_steps=1000",
     ),
     (

@@ -7,10 +7,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from dlx_jax._checks import check_timesteps
+from dlx_jax._checks import check_positive_int, check_timesteps
 from dlx_jax._random import standard_normal
 from dlx_jax.diffusion._guidance import check_drop, check_labels, label_drop_mask
 from dlx_jax.diffusion._schedule import Schedule, check_schedule, coef, float_x
@@ -99,8 +98,7 @@ def sample_timesteps(key: PRNGKeyArray, schedule: Schedule, *, n: int) -> Int[Ar
         ``(n,)`` int32 timesteps.
     """
     num_steps = check_schedule(schedule)
-    if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive int (the batch size), got {n!r}; pass e.g. n=len(x0)")
+    check_positive_int("n", n, fix="pass the batch size, e.g. n=len(x0)", static=True)
     return jax.random.randint(key, (int(n),), 1, num_steps + 1, dtype=jnp.int32)
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from dlx_jax._checks import check_class_labels, is_concrete, require
+from dlx_jax._checks import check_class_labels, check_positive_int, is_concrete, require
 
 #: ``eps_fn(x, t) -> eps``: what the samplers call. ``x (n, ...)`` float, ``t (n,)`` int32 in
 #: ``1..T`` (1-based); returns the noise prediction shaped like ``x``. The model's parameters,
@@ -124,8 +124,7 @@ def label_drop_mask(
         ValueError: unknown ``mode``, ``n < 1``, or ``p`` outside ``[0, 1]`` when concrete.
     """
     check_drop(p, mode)
-    if not isinstance(n, int | np.integer) or n < 1:
-        raise ValueError(f"n must be a positive int (the batch size), got {n!r}; pass e.g. n=len(x0)")
+    check_positive_int("n", n, fix="pass the batch size, e.g. n=len(x0)", static=True)
     draw_shape = () if mode == "batch" else (int(n),)
     drop = jax.random.bernoulli(key, p, draw_shape)
     return jnp.broadcast_to(jnp.where(drop, 0, 1).astype(dtype), (int(n),))

@@ -28,6 +28,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from dlx_jax._checks import check_positive_int
 from dlx_jax._random import standard_normal
 from dlx_jax.diffusion._forward import ApplyFn
 from dlx_jax.diffusion._guidance import EpsFn
@@ -289,8 +290,7 @@ def _check_shape(shape: Any) -> tuple[int, ...]:
 
 
 def _check_every(every: Any) -> None:
-    if not isinstance(every, int | np.integer) or isinstance(every, bool) or every < 1:
-        raise ValueError(f"every must be an int >= 1 (static), got {every!r}; pass e.g. every=100")
+    check_positive_int("every", every, fix="pass e.g. every=100", static=True)
 
 
 def _check_eps_fn(eps_fn: Any) -> None:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from dlx_jax._checks import check_finite
+from dlx_jax._checks import check_finite, check_positive_int
 
 
 class Schedule(NamedTuple):
@@ -76,10 +76,9 @@ def linear_schedule(
         ValueError: ``num_steps`` is not an int ``>= 2``, or the betas are outside ``(0, 1)``, or
             ``beta_end < beta_start``.
     """
-    if not isinstance(num_steps, int | np.integer) or isinstance(num_steps, bool) or num_steps < 2:
-        raise ValueError(
-            f"num_steps must be an int >= 2, got {num_steps!r}; pass e.g. num_steps=1000 (the book's)"
-        )
+    check_positive_int(
+        "num_steps", num_steps, fix="pass e.g. num_steps=1000 (the book's)", minimum=2, static=True
+    )
     if not beta_end >= beta_start:
         raise ValueError(
             f"beta_end must be >= beta_start for an increasing schedule, got beta_start={beta_start}, "

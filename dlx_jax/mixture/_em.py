@@ -10,7 +10,7 @@ from jax import lax
 from jax.experimental import checkify
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from dlx_jax._checks import is_concrete, require
+from dlx_jax._checks import check_positive_int, is_concrete, require
 from dlx_jax._linalg import UNROLL_MAX_D, cholesky_unrolled
 from dlx_jax.mixture._model import (
     GMMParams,
@@ -375,8 +375,7 @@ def fit(
 
 
 def check_max_iter(max_iter: int) -> None:
-    if not isinstance(max_iter, int | np.integer) or isinstance(max_iter, bool) or max_iter < 1:
-        raise ValueError(f"max_iter must be an int >= 1 (static), got {max_iter!r}; pass e.g. max_iter=100")
+    check_positive_int("max_iter", max_iter, fix="pass e.g. max_iter=100", static=True)
 
 
 def fit_unchecked(x, params, *, tol, max_iter, reg_covar, floor, axis_name=None):
