@@ -398,6 +398,18 @@ def test_ctrl_c_while_a_finished_run_is_copied_to_train_longer_leaves_no_half_co
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
+def test_fit_saves_through_the_public_save_checkpoint(problem, key, tmp_path, monkeypatch):
+    """Patching ``training.save_checkpoint`` reaches fit (the experiment tests interrupt runs so)."""
+    data, state, _, epoch = problem
+    saved = []
+    real = training.save_checkpoint
+    monkeypatch.setattr(
+        training, "save_checkpoint", lambda d, e, st, meta: saved.append(e) or real(d, e, st, meta)
+    )
+    training.fit(key, state, data, epoch_fn=epoch, epochs=2, checkpoint_dir=tmp_path / "ckpt", progress=False)
+    assert saved == [1, 2] and training.latest_checkpoint(tmp_path / "ckpt") == 2
+
+
 # --- BatchNorm statistics for the EMA weights ------------------------------------------------------
 
 

@@ -15,14 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
-from dlx_jax.training._checkpoints import (
-    commit_checkpoints,
-    latest_checkpoint,
-    partial_dir,
-    restore_checkpoint,
-    restore_meta,
-    save_checkpoint,
-)
+from dlx_jax.training._checkpoints import partial_dir, restore_meta
 from dlx_jax.training._epochs import EpochFn
 from dlx_jax.training._state import TrainState
 
@@ -100,16 +93,17 @@ def _resume(
     checked against ``fingerprint`` and ``epochs`` before any array is read, then restored.
     Otherwise (or when there is none) the partial folder is cleared and the run starts at epoch 0.
     """
+    from dlx_jax import training  # the public checkpoint functions, see fit
+
     partial = partial_dir(checkpoint_dir)
-    source = None
-    if resume:
-        source = next((d for d in (partial, checkpoint_dir) if latest_checkpoint(d) is not None), None)
+    candidates = (partial, checkpoint_dir) if resume else ()
+    source = next((d for d in candidates if training.latest_checkpoint(d) is not None), None)
     if source is None:
         shutil.rmtree(partial, ignore_errors=True)
         note = " (no checkpoint to resume: starting over)" if resume else ""
         return state, 0, _new_history(), note
-    _check_resumable(source, restore_meta(source, latest_checkpoint(source)), fingerprint, epochs)
-    state, meta = restore_checkpoint(source, state)
+    _check_resumable(source, restore_meta(source, training.latest_checkpoint(source)), fingerprint, epochs)
+    state, meta = training.restore_checkpoint(source, state)
     if source != partial:
         _copy_dir(source, partial)
     return state, int(meta["epoch"]), {k: list(v) for k, v in meta["history"].items()}, ""
@@ -206,6 +200,10 @@ def fit(
     """
     from tqdm.auto import tqdm
 
+    # the public checkpoint functions are called through the package, as when the loop was one
+    # module, so patching e.g. ``training.save_checkpoint`` (tests interrupt a run that way) reaches fit
+    from dlx_jax import training
+
     _check_settings(epochs, eval_every, resume, checkpoint_dir)
     fingerprint = _jsonable(dict(fingerprint or {}))
     start, history, partial, note = 0, _new_history(), None, ""
@@ -225,7 +223,7 @@ def fit(
             bar.set_postfix(loss=f"{means['loss']:.4g}")
             if partial is not None:
                 meta = {"epoch": e + 1, "history": history, "fingerprint": fingerprint}
-                save_checkpoint(partial, e + 1, state, meta)
+                training.save_checkpoint(partial, e + 1, state, meta)
     except BaseException as err:  # Ctrl-C included: the partial folder keeps the finished epochs
         bar.close()
         if partial is not None and isinstance(err, TrainingDivergedError):
@@ -233,5 +231,5 @@ def fit(
         raise
     bar.close()
     if commit and checkpoint_dir is not None:
-        commit_checkpoints(checkpoint_dir)
+        training.commit_checkpoints(checkpoint_dir)
     return state, history
