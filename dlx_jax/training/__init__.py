@@ -1,6 +1,6 @@
 """The one training loop: train state, optimizer step, compiled epochs, EMA, evaluation, checkpoints.
 
-Every model in the project trains through this module. The pieces compose as
+Every model in the project trains through this package. The pieces compose as
 
 .. code-block:: python
 
@@ -38,7 +38,6 @@ exactly the numbers of an uninterrupted run.
 batches (one dispatch per epoch, the default). :func:`make_stepped_epoch_fn` runs the same steps on
 the same batches with the same keys from a Python loop over a jitted step, for models that XLA
 compiles better outside a loop (on some CPUs convolutions inside ``lax.scan`` are much slower).
-
 
 **BatchNorm statistics for the EMA weights.** The running statistics in ``state.model_state`` were
 gathered under the raw weights; before evaluating or sampling ``state.ema_params`` re-estimate them
