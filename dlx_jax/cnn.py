@@ -22,7 +22,7 @@ loss in the loop's ``loss_fn(key, params, batch)`` shape (dropout from ``key``, 
     state, history = training.fit(key, training.init_state(params, optimizer), (x, y),
                                   epoch_fn=epoch, epochs=15)
 
-Parameters are saved and read with :func:`dlx_jax.training.save_params` /
+Parameters are saved and read with :func:`dlx_jax.params_io.save_params` /
 :func:`load_params` (which also checks the seed-CNN layout). :func:`features` gives the 1,600
 penultimate activations (eval mode), e.g. for a Fréchet distance between sets of images.
 
@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from dlx_jax import nn, training
+from dlx_jax import nn, params_io
 from dlx_jax._checks import check_class_labels, check_nonempty, check_sizes, check_unit_interval
 
 __all__ = [
@@ -313,9 +313,9 @@ def evaluate(
 
 
 def load_params(path: str | Path) -> Params:
-    """Read seed-CNN parameters written by :func:`dlx_jax.training.save_params` (float32).
+    """Read seed-CNN parameters written by :func:`dlx_jax.params_io.save_params` (float32).
 
-    A thin wrapper over :func:`dlx_jax.training.load_params` with the seed CNN's layout as the
+    A thin wrapper over :func:`dlx_jax.params_io.load_params` with the seed CNN's layout as the
     template.
 
     Raises:
@@ -328,6 +328,6 @@ def load_params(path: str | Path) -> Params:
             f"no CNN parameters at {path.absolute()}; train them with `python -m experiments.cnn`"
         )
     like = jax.eval_shape(init_params, jax.random.key(0))
-    params = training.load_params(path, like)
+    params = params_io.load_params(path, like)
     _check_params(params)
     return params

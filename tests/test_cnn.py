@@ -1,6 +1,6 @@
 """dlx_jax.cnn: the seed CNN vs reference_numpy (logits, loss, grads, 20 Adam steps), autodiff vs
 finite differences in float64, jit == eager, vmap == loop, the training-loop epoch == a loop of
-steps, penultimate features, parameters through training.save_params / cnn.load_params."""
+steps, penultimate features, parameters through params_io.save_params / cnn.load_params."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from dlx_jax import cnn, nn, training
+from dlx_jax import cnn, nn, params_io, training
 from dlx_jax.data import batch_indices
 from reference_numpy import adam as ref_adam
 from reference_numpy import cnn as ref_cnn
@@ -279,13 +279,13 @@ def test_predict_and_evaluate_in_uneven_batches(key):
 
 def test_save_and_load_params_roundtrip(tmp_path, key):
     params = cnn.init_params(key)
-    training.save_params(tmp_path / "params", params)
+    params_io.save_params(tmp_path / "params", params)
     loaded = cnn.load_params(tmp_path / "params")
     _assert_tree_close(loaded, jax.tree_util.tree_map(np.asarray, params), 0.0, 0.0)
     with pytest.raises(FileNotFoundError, match="experiments.cnn"):
         cnn.load_params(tmp_path / "missing")
     other = {**params, "dense": {"w": jnp.zeros((1600, 5)), "b": jnp.zeros(5)}}
-    training.save_params(tmp_path / "other", other)
+    params_io.save_params(tmp_path / "other", other)
     with pytest.raises(ValueError, match="another model|do not match"):
         cnn.load_params(tmp_path / "other")
 

@@ -1,10 +1,13 @@
-"""dlx_jax.training: scanned and stepped epochs equal a Python loop; model state; EMA; evaluation;
-checkpoints that are never half-good; resume reproduces a run bit for bit."""
+"""dlx_jax.training: scanned and stepped epochs equal a Python loop; model state; EMA; BatchNorm
+statistics re-estimated for the EMA weights; evaluation; checkpoints that are never half-good; resume
+(also after Ctrl-C) reproduces a run bit for bit. Parameter files: tests/test_params_io.py."""
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +16,7 @@ import pytest
 
 from dlx_jax import training
 from dlx_jax.data import batch_indices
-from tests.helpers import ATOL_JIT_F32, RTOL_F32, RTOL_JIT_F32
+from tests.helpers import ATOL_F32, ATOL_JIT_F32, RTOL_F32, RTOL_JIT_F32
 
 
 def loss_fn(key, params, batch):
@@ -263,21 +266,6 @@ def test_a_failing_evaluate_keeps_the_partial_run_resumable(problem, key, tmp_pa
     _leaves_equal(resumed, training.fit(key, state, data, epoch_fn=epoch, epochs=3, progress=False)[0])
 
 
-def test_params_round_trip_through_the_one_orbax_api(tmp_path):
-    params = {"conv": {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}, "n": jnp.int32(4)}
-    training.save_params(tmp_path / "p", params)
-    _leaves_equal(training.load_params(tmp_path / "p", params), params)
-    with pytest.raises(ValueError, match="already exists"):
-        training.save_params(tmp_path / "p", params)
-    training.save_params(tmp_path / "p", jax.tree_util.tree_map(lambda a: a * 2, params), overwrite=True)
-    assert float(training.load_params(tmp_path / "p", params)["conv"]["b"][0]) == 2.0
-    with pytest.raises(ValueError, match="another model|do not match"):
-        training.load_params(tmp_path / "p", {"conv": {"w": jnp.zeros((3, 3)), "b": jnp.ones(3)},
-                                              "n": jnp.int32(0)})  # fmt: skip
-    with pytest.raises(FileNotFoundError, match="no parameters"):
-        training.load_params(tmp_path / "missing", params)
-
-
 def test_bad_arguments_raise(problem, stateful, key):
     data, state, optimizer, epoch = problem
     step = training.make_train_step(loss_fn, optimizer)
@@ -320,3 +308,193 @@ def test_commit_false_leaves_a_finished_run_resumable_without_training_again(pro
     assert history2 == history
     assert training.commit_checkpoints(ckpt) and not training.commit_checkpoints(ckpt)
     assert training.latest_checkpoint(ckpt) == 2 and not (tmp_path / "ckpt.partial").exists()
+
+
+# --- Ctrl-C -----------------------------------------------------------------------------------------
+
+
+def _interrupt_in_epoch(epoch, at: int):
+    """``epoch`` that raises KeyboardInterrupt (as Ctrl-C does) when called for its ``at``-th time."""
+    calls = []
+
+    def interrupted(key, state, data):
+        calls.append(1)
+        if len(calls) == at:
+            raise KeyboardInterrupt
+        return epoch(key, state, data)
+
+    return interrupted
+
+
+def test_ctrl_c_during_an_epoch_is_re_raised_and_leaves_a_resumable_partial_folder(stateful, key, tmp_path):
+    data, state, step = stateful
+    epoch = jax.jit(training.make_epoch_fn(step, batch_size=8))
+    fp = {"lr": 0.05}
+    full, history = training.fit(key, state, data, epoch_fn=epoch, epochs=4, progress=False)
+    two, _ = training.fit(key, state, data, epoch_fn=epoch, epochs=2, progress=False)
+    ckpt, partial = tmp_path / "ckpt", tmp_path / "ckpt.partial"
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(key, state, data, epoch_fn=_interrupt_in_epoch(epoch, 3), epochs=4, checkpoint_dir=ckpt,
+                     fingerprint=fp, progress=False)  # fmt: skip
+    assert not ckpt.exists() and training.latest_checkpoint(partial) == 2
+    assert sorted(p.name for p in partial.iterdir()) == ["1", "2"]  # nothing half-written beside them
+    _leaves_equal(training.restore_checkpoint(partial, state)[0], two)  # epoch 2's checkpoint is whole
+    resumed, history2 = training.fit(key, state, data, epoch_fn=epoch, epochs=4, checkpoint_dir=ckpt,
+                                     resume=True, fingerprint=fp, progress=False)  # fmt: skip
+    _leaves_equal(resumed, full)
+    assert history2["loss"] == history["loss"]
+    assert training.latest_checkpoint(ckpt) == 4 and not partial.exists()
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_leaves_no_half_checkpoint(problem, key, tmp_path, monkeypatch):
+    """orbax writes a step into a temporary folder and renames it into place; Ctrl-C just before the
+    rename leaves the temporary folder, which restore ignores and the resumed run replaces."""
+    from orbax.checkpoint._src.path import atomicity
+
+    data, state, _, epoch = problem
+    ckpt, partial = tmp_path / "ckpt", tmp_path / "ckpt.partial"
+    rename = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def interrupted_finalize(self, *args, **kwargs):
+        if self.get_final().name == "2":
+            raise KeyboardInterrupt
+        return await rename(self, *args, **kwargs)
+
+    monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", interrupted_finalize)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(key, state, data, epoch_fn=epoch, epochs=3, checkpoint_dir=ckpt, progress=False)
+    monkeypatch.undo()
+    assert training.latest_checkpoint(partial) == 1
+    assert len([p for p in partial.iterdir() if p.name.startswith("2.")]) == 1  # the unfinished one
+    resumed, _ = training.fit(key, state, data, epoch_fn=epoch, epochs=3, checkpoint_dir=ckpt, resume=True,
+                              progress=False)  # fmt: skip
+    _leaves_equal(resumed, training.fit(key, state, data, epoch_fn=epoch, epochs=3, progress=False)[0])
+    assert sorted(p.name for p in ckpt.iterdir()) == ["2", "3"]
+
+
+def test_ctrl_c_while_a_finished_run_is_copied_to_train_longer_leaves_no_half_copy(
+    problem, key, tmp_path, monkeypatch
+):
+    data, state, _, epoch = problem
+    ckpt, partial = tmp_path / "ckpt", tmp_path / "ckpt.partial"
+    training.fit(key, state, data, epoch_fn=epoch, epochs=2, checkpoint_dir=ckpt, progress=False)
+    before = _folder_digest(ckpt)
+    copytree = shutil.copytree
+
+    def interrupted_copytree(src, dst, *args, **kwargs):
+        monkeypatch.setattr(shutil, "copytree", copytree)  # copytree recurses through shutil.copytree
+        copytree(src, dst, *args, **kwargs)
+        raise KeyboardInterrupt  # after the copy, before it is moved into place
+
+    monkeypatch.setattr(shutil, "copytree", interrupted_copytree)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(key, state, data, epoch_fn=epoch, epochs=3, checkpoint_dir=ckpt, resume=True,
+                     progress=False)  # fmt: skip
+    monkeypatch.undo()
+    assert not partial.exists() and _folder_digest(ckpt) == before
+    longer, _ = training.fit(key, state, data, epoch_fn=epoch, epochs=3, checkpoint_dir=ckpt, resume=True,
+                             progress=False)  # fmt: skip
+    _leaves_equal(longer, training.fit(key, state, data, epoch_fn=epoch, epochs=3, progress=False)[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_fit_saves_through_the_public_save_checkpoint(problem, key, tmp_path, monkeypatch):
+    """Patching ``training.save_checkpoint`` reaches fit (the experiment tests interrupt runs so)."""
+    data, state, _, epoch = problem
+    saved = []
+    real = training.save_checkpoint
+    monkeypatch.setattr(
+        training, "save_checkpoint", lambda d, e, st, meta: saved.append(e) or real(d, e, st, meta)
+    )
+    training.fit(key, state, data, epoch_fn=epoch, epochs=2, checkpoint_dir=tmp_path / "ckpt", progress=False)
+    assert saved == [1, 2] and training.latest_checkpoint(tmp_path / "ckpt") == 2
+
+
+# --- BatchNorm statistics for the EMA weights ------------------------------------------------------
+
+
+class _DenseBatchNorm(flax.linen.Module):
+    """Dense(2) -> flax BatchNorm (momentum 0.8): the smallest model with running statistics."""
+
+    @flax.linen.compact
+    def __call__(self, x, *, train: bool):
+        h = flax.linen.Dense(2)(x)
+        return flax.linen.BatchNorm(use_running_average=not train, momentum=0.8)(h)
+
+
+def _flax_apply_fn(params, model_state, *inputs, train):
+    # the adapter of make_stats_fn's docstring
+    return _DenseBatchNorm().apply({"params": params, **model_state}, *inputs, train=train,
+                                   mutable=list(model_state))  # fmt: skip
+
+
+_DATA_MEAN = jnp.array([3.0, -1.0, 0.5])
+
+
+def _sample_inputs(key):
+    return (_DATA_MEAN + 3 * jax.random.normal(key, (32, 3)),)
+
+
+@pytest.fixture
+def bn_model(key):
+    variables = _DenseBatchNorm().init(key, jnp.zeros((1, 3)), train=False)
+    stats_fn = jax.jit(training.make_stats_fn(_flax_apply_fn, _sample_inputs))
+    return variables["params"], {"batch_stats": variables["batch_stats"]}, stats_fn
+
+
+def test_recalibrated_statistics_follow_the_flax_momentum_rule_on_the_drawn_batches(bn_model):
+    params, model_state, stats_fn = bn_model
+    key, passes, m = jax.random.key(7), 12, 0.8
+    new = training.recalibrate_batch_stats(key, stats_fn, params, model_state, num_passes=passes)
+    w, b = (np.asarray(params["Dense_0"][k], np.float64) for k in ("kernel", "bias"))
+    start = model_state["batch_stats"]["BatchNorm_0"]
+    mean, var = (np.asarray(start[k], np.float64) for k in ("mean", "var"))
+    for i in range(passes):  # float64 reference of flax's rule on the batches drawn from fold_in(key, i)
+        (x,) = _sample_inputs(jax.random.fold_in(key, i))
+        h = np.asarray(x, np.float64) @ w + b
+        mean, var = m * mean + (1 - m) * h.mean(0), m * var + (1 - m) * h.var(0)
+    got = new["batch_stats"]["BatchNorm_0"]
+    np.testing.assert_allclose(got["mean"], mean, rtol=RTOL_F32, atol=ATOL_F32)
+    np.testing.assert_allclose(got["var"], var, rtol=RTOL_F32, atol=ATOL_F32)
+    # towards the statistics of the data under these weights: mean W^T mu + b, variance 9 diag(W^T W)
+    target_mean, target_var = np.asarray(_DATA_MEAN, np.float64) @ w + b, 9 * np.sum(w * w, axis=0)
+    assert np.all(np.abs(got["mean"] - target_mean) < np.abs(np.asarray(start["mean"]) - target_mean))
+    assert np.all(np.abs(got["var"] - target_var) < np.abs(np.asarray(start["var"]) - target_var))
+    # the statistics belong to the weights they were gathered with
+    doubled = jax.tree_util.tree_map(lambda a: 2 * a, params)
+    other = training.recalibrate_batch_stats(key, stats_fn, doubled, model_state, num_passes=passes)
+    assert not np.allclose(other["batch_stats"]["BatchNorm_0"]["mean"], got["mean"])
+
+
+def test_recalibration_equals_a_manual_loop_of_the_jitted_pass_bit_for_bit(bn_model):
+    params, model_state, stats_fn = bn_model
+    key = jax.random.key(3)
+    before = jax.tree_util.tree_map(np.array, params)
+    new = training.recalibrate_batch_stats(key, stats_fn, params, model_state, num_passes=5)
+    manual = model_state
+    for i in range(5):  # the experiments' loop: one jitted pass per fold_in(key, i)
+        manual = stats_fn(jax.random.fold_in(key, i), params, manual)
+    _leaves_equal(new, manual)
+    assert jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(model_state)
+    _leaves_equal(params, before)  # the weights are untouched
+    # a pass that closes over the weights (as experiments/_diffusion.py's one_pass) gives the same bits
+    closed = jax.jit(lambda stats, k: _flax_apply_fn(params, stats, *_sample_inputs(k), train=True)[1])
+    manual = model_state
+    for i in range(5):
+        manual = closed(manual, jax.random.fold_in(key, i))
+    _leaves_equal(new, manual)
+    # under an outer jit the loop unrolls into one program: same numbers up to fusion
+    jitted = jax.jit(training.recalibrate_batch_stats, static_argnums=1, static_argnames="num_passes")
+    outer = jitted(key, stats_fn, params, model_state, num_passes=5)
+    for a, b in zip(jax.tree_util.tree_leaves(outer), jax.tree_util.tree_leaves(new), strict=True):
+        np.testing.assert_allclose(a, b, rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32)
+
+
+def test_zero_passes_return_the_statistics_and_bad_counts_raise(bn_model):
+    params, model_state, stats_fn = bn_model
+    key = jax.random.key(1)
+    assert training.recalibrate_batch_stats(key, stats_fn, params, model_state, num_passes=0) is model_state
+    for bad in (-1, 2.5, True, "3", None):
+        match = r"num_passes must be a non-negative integer.*pass e\.g\. num_passes="
+        with pytest.raises(ValueError, match=match):
+            training.recalibrate_batch_stats(key, stats_fn, params, model_state, num_passes=bad)
