@@ -151,9 +151,9 @@ def _name_max(folder: Path) -> int:
         return 255
 
 
-def _check_name_lengths(text: str, path: Path, probe: Path, flag: str) -> None:
+def _check_name_lengths(text: str, path: Path, nearest: Path, flag: str) -> None:
     """One error for a folder name (or a whole path) longer than the file system takes."""
-    limit = _name_max(probe)
+    limit = _name_max(nearest if nearest.is_dir() else nearest.parent)
     for part in path.parts:
         if len(os.fsencode(part)) > limit:
             raise ValueError(
@@ -178,6 +178,8 @@ def check_out_dir(out: str | Path, *, flag: str = "--out") -> None:
     if not text.strip():
         raise ValueError(f"{flag} is empty; pass a folder path (it is created if missing)")
     path = Path(out)
+    nearest = next((p for p in path.absolute().parents if exists(p)), Path(path.absolute().anchor))
+    _check_name_lengths(text, path, nearest, flag)
     if exists(path):
         if not path.is_dir():
             raise ValueError(
@@ -188,13 +190,12 @@ def check_out_dir(out: str | Path, *, flag: str = "--out") -> None:
     else:
         if path.is_symlink():
             raise ValueError(f"{flag} {text} is a broken symbolic link; remove it or pass another folder")
-        probe = next((p for p in path.absolute().parents if exists(p)), Path(path.absolute().anchor))
+        probe = nearest
         if not probe.is_dir():
             raise ValueError(
                 f"{flag} {text} cannot be created: {probe} is a file, not a folder; pass a path whose "
                 "parents are folders"
             )
-    _check_name_lengths(text, path, probe, flag)
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=probe))
     except OSError as err:

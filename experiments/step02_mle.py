@@ -155,9 +155,7 @@ def _probability_figure(out: StepOutput, config: Config, fit: dict) -> None:
     ax_cdf.plot(grid, fit["fitted_cdf"], "k", label="CDF F(x) of the fit")
     f_b = 1.0 - p_gt_b
     ax_cdf.plot([a, a, grid[0]], [0, p_le_a, p_le_a], "C0--", label=f"F({a:g}) = P(x ≤ {a:g}) = {p_le_a:.4f}")
-    ax_cdf.plot(
-        [b, b, grid[0]], [0, f_b, f_b], "C3--", label=f"1 − F({b:g}) = P(x > {b:g}) = {p_gt_b:.4f}"
-    )
+    ax_cdf.plot([b, b, grid[0]], [0, f_b, f_b], "C3--", label=f"1 − F({b:g}) = P(x > {b:g}) = {p_gt_b:.4f}")
     ax_cdf.set(
         title="The same probabilities read off the CDF",
         xlabel="height",
