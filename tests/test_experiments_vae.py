@@ -117,7 +117,7 @@ def test_a_run_killed_after_training_keeps_old_outputs_with_old_checkpoints(tmp_
     step07_vae.main(cfg)
     before = snapshot(out)
     with monkeypatch.context() as m:  # fails after training, before any output is written
-        m.setattr(step07_vae, "evaluate", lambda *a, **k: (_ for _ in ()).throw(Interrupted()))
+        m.setattr(_generative, "evaluate", lambda *a, **k: (_ for _ in ()).throw(Interrupted()))
         with pytest.raises(Interrupted):
             step07_vae.main(replace(cfg, epochs=3))
     assert {k: v for k, v in snapshot(out).items() if not k.startswith("checkpoints.partial/")} == before
