@@ -297,24 +297,31 @@ def figures(
     out.figure(fig, "reconstructions")
 
     if latent_2d:
-        mu = pics["mu"]
-        fig, ax = plt.subplots(figsize=(6, 5))
-        sc = ax.scatter(mu[:, 0], mu[:, 1], c=data["y_test"], cmap="tab10", s=6, vmin=-0.5, vmax=9.5)
-        fig.colorbar(sc, ax=ax, ticks=range(10), label="digit")
-        ax.set_xlabel("z₁ (posterior mean)")
-        ax.set_ylabel("z₂ (posterior mean)")
-        ax.set_title(f"{title}: test images in the 2-D latent space")
-        out.figure(fig, "latent_scatter")
+        _latent_figures(out, pics, data["y_test"], q, title)
 
-        fig, ax = plt.subplots(figsize=(7, 7))
-        ax.imshow(
-            grid(pics["manifold"], n, n),
-            cmap="gray",
-            vmin=0,
-            vmax=1,
-            extent=(float(q[0]), float(q[-1]), float(q[0]), float(q[-1])),
-        )
-        ax.set_xlabel("z₁ (prior quantiles 5%…95%)")
-        ax.set_ylabel("z₂")
-        ax.set_title(f"{title}: decoded 2-D latent manifold")
-        out.figure(fig, "manifold")
+
+def _latent_figures(out: StepOutput, pics: dict, labels: np.ndarray, q: jax.Array, title: str) -> None:
+    """A 2-D latent space: test images' posterior means by digit, and the decoded manifold on the
+    prior quantiles ``q`` (``len(q)²`` images)."""
+    n = len(q)
+    mu = pics["mu"]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sc = ax.scatter(mu[:, 0], mu[:, 1], c=labels, cmap="tab10", s=6, vmin=-0.5, vmax=9.5)
+    fig.colorbar(sc, ax=ax, ticks=range(10), label="digit")
+    ax.set_xlabel("z₁ (posterior mean)")
+    ax.set_ylabel("z₂ (posterior mean)")
+    ax.set_title(f"{title}: test images in the 2-D latent space")
+    out.figure(fig, "latent_scatter")
+
+    fig, ax = plt.subplots(figsize=(7, 7))
+    ax.imshow(
+        grid(pics["manifold"], n, n),
+        cmap="gray",
+        vmin=0,
+        vmax=1,
+        extent=(float(q[0]), float(q[-1]), float(q[0]), float(q[-1])),
+    )
+    ax.set_xlabel("z₁ (prior quantiles 5%…95%)")
+    ax.set_ylabel("z₂")
+    ax.set_title(f"{title}: decoded 2-D latent manifold")
+    out.figure(fig, "manifold")
