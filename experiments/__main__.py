@@ -18,7 +18,8 @@ import time
 import traceback
 from pathlib import Path
 
-from experiments._common import ArgumentParser, check_out_dir, parse_seed, summary
+from experiments import _outputs
+from experiments._cli import EXIT_INTERRUPTED, ArgumentParser, parse_seed, summary
 from experiments.report import StepResult, write_report
 
 ALL_STEPS = (
@@ -50,7 +51,8 @@ def run_step(name: str, out: Path, *, seed: int, quick: bool, plots: bool) -> St
         config = dataclasses.replace(
             module.Config(), out=str(out / name), seed=seed, quick=quick, plots=plots
         )
-        metrics = module.main(config)
+        with _outputs.run_lock(config.out):  # another run writing into OUT/<step> is refused
+            metrics = module.main(config)
         line = summary(metrics, getattr(module.Config, "SUMMARY", ()))
         return StepResult(name, True, time.perf_counter() - start, line, out / name)
     except Exception as err:  # one failing step must not stop the others
@@ -61,6 +63,20 @@ def run_step(name: str, out: Path, *, seed: int, quick: bool, plots: bool) -> St
         return StepResult(
             name, False, time.perf_counter() - start, f"{type(err).__name__}: {err}", out / name, detail
         )
+
+
+def _run_steps(steps: list[str], out: Path, *, seed: int, quick: bool, plots: bool) -> list[StepResult]:
+    """Run the steps one after the other, printing one line each (and a failure's detail)."""
+    results = []
+    width = max(len(s) for s in steps)
+    for name in steps:
+        result = run_step(name, out, seed=seed, quick=quick, plots=plots)
+        results.append(result)
+        status = "ok  " if result.ok else "FAIL"
+        print(f"{name:<{width}}  {status} {result.seconds:7.1f} s  {result.summary}", flush=True)
+        if not result.ok:
+            print(result.detail, file=sys.stderr)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,21 +109,17 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as stop:  # --help (0) or a bad flag (2; the parser printed the error line)
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
     try:
-        check_out_dir(args.out)
+        _outputs.check_out_dir(args.out)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    width = max(len(s) for s in steps)
-    for name in steps:
-        result = run_step(name, out, seed=args.seed, quick=not args.full, plots=args.plots)
-        results.append(result)
-        status = "ok  " if result.ok else "FAIL"
-        print(f"{name:<{width}}  {status} {result.seconds:7.1f} s  {result.summary}", flush=True)
-        if not result.ok:
-            print(result.detail, file=sys.stderr)
+    try:
+        results = _run_steps(steps, out, seed=args.seed, quick=not args.full, plots=args.plots)
+    except KeyboardInterrupt:
+        print("interrupted; the steps that finished kept their outputs (no report written)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     report = write_report(results, out / "report.html", quick=not args.full, seed=args.seed)
     failed = [r.name for r in results if not r.ok]
     print(f"report: {report}" + (f"  ({len(failed)} failed: {', '.join(failed)})" if failed else ""))

@@ -6,23 +6,19 @@ Generic pieces, for every generative step:
 * :func:`load_images` — train/test images (validated, float32 in ``[0, 1]``, flat ``(n, 784)`` or
   ``(n, 28, 28, 1)``) and their labels, with evenly spaced ``--quick`` subsets;
 * :func:`fingerprint` — the settings that change a run's numbers, checked by ``--resume``;
-* :func:`train` — :func:`dlx_jax.training.fit` with checkpoints in ``OUT/checkpoints``, ``--resume``
-  and a progress bar named after the step (a diverged run raises ``ValueError`` and leaves an
-  earlier run's checkpoints and outputs untouched);
-* :func:`grid` — a ``rows × cols`` mosaic of images for a figure; :func:`quick_cap`.
+* :func:`grid` — a ``rows × cols`` mosaic of images for a figure.
 
-The VAE family (steps 7 and 8, models with ``book_loss``, ``elbo``, ``iwae_bound``, ``sample``,
-``reconstruct``, ``encode``, ``decode``): :func:`init_jit`, :func:`train_model`,
-:func:`evaluate` (test book loss, −ELBO and −IWAE in nats) and :func:`figures`.
+Training itself goes through :func:`experiments._fitting.train` (``training.fit`` with
+``--resume``). The VAE family (steps 7 and 8, models with ``book_loss``, ``elbo``, ``iwae_bound``,
+``sample``, ``reconstruct``, ``encode``, ``decode``): :func:`sizes`, :func:`init_jit`,
+:func:`train_model`, :func:`evaluate` (test book loss, −ELBO and −IWAE in nats) and :func:`figures`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import time
-from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
+from collections.abc import Iterable
 from types import ModuleType
 from typing import Any
 
@@ -33,7 +29,10 @@ import optax
 
 from dlx_jax import training, vae
 from dlx_jax.data import load_dataset, to_float_images
-from experiments._common import StepOutput, check_config, checkpoint_errors, plt
+from experiments import _cli, _fitting, _quick
+from experiments._fitting import train  # noqa: F401  (for _diffusion.py until the merge: use _fitting.train)
+from experiments._outputs import StepOutput
+from experiments._plots import plt
 
 __all__ = [
     "FAST_COMPILE",
@@ -43,20 +42,24 @@ __all__ = [
     "grid",
     "init_jit",
     "load_images",
+    "VAE_LIMITS",
     "params_latent_dim",
-    "quick_cap",
-    "settings",
-    "train",
+    "sizes",
     "train_model",
     "validate_config",
 ]
 
-QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS, QUICK_IWAE_K = 1000, 200, 3, 16
+QUICK = _quick.QUICK["step07_vae"]  # the VAE family's quick mode (step 8 shares it)
 # Run-once functions (init, pictures) compile ~3x faster at LLVM -O1; their run time is negligible.
 FAST_COMPILE = {"xla_backend_optimization_level": 1}
 IWAE_CHUNK = 10  # test examples per lax.map iteration of the IWAE bound (memory: chunk·k·d floats)
 LIKELIHOOD_NOTE = "bernoulli on binarized test images (pixel > 0.5); decoder sigmoid = pixel probabilities"
 VAE_SIZES = ("epochs", "batch_size", "latent_dim", "hidden_dim", "iwae_k")
+VAE_LIMITS = {  # the VAE family's size options: at most what its arrays can hold (``Config.LIMITS``)
+    "hidden_dim": (10_000, "784 × HIDDEN_DIM weights per layer, three copies with Adam"),
+    "latent_dim": (10_000, "HIDDEN_DIM × LATENT_DIM weights per layer"),
+    "iwae_k": (10_000, f"{IWAE_CHUNK} test images × IWAE_K decoded samples of 784 pixels at a time"),
+}
 
 
 # --- every generative step ---------------------------------------------------------------------
@@ -65,15 +68,15 @@ VAE_SIZES = ("epochs", "batch_size", "latent_dim", "hidden_dim", "iwae_k")
 def validate_config(config: Any, positive: Iterable[str] = VAE_SIZES) -> None:
     """Raise ``ValueError`` for settings that cannot work (before any output is written).
 
-    Also the checks every step shares (:func:`experiments._common.check_config`: seed, finite
-    numbers, ``--out``); :func:`experiments._common.check_checkpoints` comes after a step's own
-    checks (it notes a ``--resume`` with nothing to resume).
+    Also the checks every step shares (:func:`experiments._cli.check_config`: seed, finite
+    numbers, size limits, ``--out``); :func:`experiments._fitting.check_checkpoints` comes after a
+    step's own checks (it notes a ``--resume`` with nothing to resume).
 
     Args:
         config: the step's config (needs ``lr`` and the fields named in ``positive``).
         positive: integer fields that must be >= 1.
     """
-    check_config(config)
+    _cli.check_config(config)
     for name in positive:
         value = getattr(config, name)
         if value < 1:
@@ -85,13 +88,8 @@ def validate_config(config: Any, positive: Iterable[str] = VAE_SIZES) -> None:
         )
 
 
-def quick_cap(config: Any, value: int, cap: int) -> int:
-    """``value``, or at most ``cap`` under ``--quick``."""
-    return min(value, cap) if config.quick else value
-
-
 def load_images(
-    config: Any, *, flat: bool = True, quick_train: int = QUICK_TRAIN, quick_test: int = QUICK_TEST
+    config: Any, *, flat: bool = True, quick_train: int = QUICK["n_train"], quick_test: int = QUICK["n_test"]
 ) -> dict[str, np.ndarray]:
     """Validated train/test images and labels of ``config.dataset`` (from ``config.data_dir``).
 
@@ -137,45 +135,6 @@ def fingerprint(
     return {"model": model, "n_train": int(n_train), **{n: getattr(config, n) for n in names}, **extra}
 
 
-def train(
-    config: Any,
-    key: jax.Array,
-    state: training.TrainState,
-    data: Any,
-    *,
-    epoch_fn: Callable,
-    epochs: int,
-    fingerprint: Mapping[str, Any],
-    evaluate: Callable | None = None,
-    eval_every: int = 1,
-) -> tuple[training.TrainState, dict[str, list], float]:
-    """:func:`dlx_jax.training.fit` into ``OUT/checkpoints`` (``--resume`` aware); ``(state, history, s)``.
-
-    The run trains into ``OUT/checkpoints.partial``, which replaces ``OUT/checkpoints`` only when the
-    step's outputs are written (``StepOutput(config, checkpoints=True)``); ``config.resume``
-    continues an interrupted run (or a finished one, longer, or one killed after training: then
-    without training again) with the same numbers as an uninterrupted run, and refuses a checkpoint
-    made under another ``fingerprint``. A diverged run raises ``ValueError`` before anything is written.
-    """
-    start = time.perf_counter()
-    with checkpoint_errors():  # a corrupted checkpoint: one ValueError naming the fix
-        state, history = training.fit(
-            key,
-            state,
-            data,
-            epoch_fn=epoch_fn,
-            epochs=epochs,
-            checkpoint_dir=Path(config.out) / "checkpoints",
-            resume=bool(getattr(config, "resume", False)),
-            fingerprint=fingerprint,
-            evaluate=evaluate,
-            eval_every=eval_every,
-            desc=Path(config.out).name,
-            commit=False,  # StepOutput(checkpoints=True) commits them once the outputs are written
-        )
-    return state, history, time.perf_counter() - start
-
-
 def grid(images: Any, rows: int, cols: int) -> np.ndarray:
     """A ``(rows·h, cols·w)`` mosaic of up to ``rows·cols`` one-channel images, row by row.
 
@@ -201,9 +160,10 @@ def grid(images: Any, rows: int, cols: int) -> np.ndarray:
 # --- the VAE family (steps 7 and 8) --------------------------------------------------------------
 
 
-def settings(config: Any) -> tuple[int, int]:
-    """(epochs, iwae_k) after the ``--quick`` caps."""
-    return quick_cap(config, config.epochs, QUICK_EPOCHS), quick_cap(config, config.iwae_k, QUICK_IWAE_K)
+def sizes(config: Any) -> tuple[int, int]:
+    """``(epochs, iwae_k)`` of a VAE-family run, after the ``--quick`` caps."""
+    epochs = _quick.cap(config, config.epochs, QUICK["epochs"])
+    return epochs, _quick.cap(config, config.iwae_k, QUICK["iwae_k"])
 
 
 def init_jit(model: ModuleType, key: jax.Array, *, hidden_dim: int, latent_dim: int) -> Any:
@@ -229,10 +189,10 @@ def compiled_epoch(model: ModuleType, lr: float, batch_size: int) -> tuple[optax
 def train_model(
     config: Any, model: ModuleType, params: Any, x_train: np.ndarray, key: jax.Array
 ) -> tuple[Any, dict[str, list], float]:
-    """Train with the book's loss and Adam; returns ``(params, history, seconds)`` (see :func:`train`)."""
-    epochs, _ = settings(config)
+    """Train with the book's loss and Adam; ``(params, history, seconds)`` (see :func:`_fitting.train`)."""
+    epochs, _ = sizes(config)
     optimizer, epoch_fn = compiled_epoch(model, config.lr, config.batch_size)
-    state, history, seconds = train(
+    state, history, seconds = _fitting.train(
         config,
         key,
         training.init_state(params, optimizer),
@@ -337,24 +297,31 @@ def figures(
     out.figure(fig, "reconstructions")
 
     if latent_2d:
-        mu = pics["mu"]
-        fig, ax = plt.subplots(figsize=(6, 5))
-        sc = ax.scatter(mu[:, 0], mu[:, 1], c=data["y_test"], cmap="tab10", s=6, vmin=-0.5, vmax=9.5)
-        fig.colorbar(sc, ax=ax, ticks=range(10), label="digit")
-        ax.set_xlabel("z₁ (posterior mean)")
-        ax.set_ylabel("z₂ (posterior mean)")
-        ax.set_title(f"{title}: test images in the 2-D latent space")
-        out.figure(fig, "latent_scatter")
+        _latent_figures(out, pics, data["y_test"], q, title)
 
-        fig, ax = plt.subplots(figsize=(7, 7))
-        ax.imshow(
-            grid(pics["manifold"], n, n),
-            cmap="gray",
-            vmin=0,
-            vmax=1,
-            extent=(float(q[0]), float(q[-1]), float(q[0]), float(q[-1])),
-        )
-        ax.set_xlabel("z₁ (prior quantiles 5%…95%)")
-        ax.set_ylabel("z₂")
-        ax.set_title(f"{title}: decoded 2-D latent manifold")
-        out.figure(fig, "manifold")
+
+def _latent_figures(out: StepOutput, pics: dict, labels: np.ndarray, q: jax.Array, title: str) -> None:
+    """A 2-D latent space: test images' posterior means by digit, and the decoded manifold on the
+    prior quantiles ``q`` (``len(q)²`` images)."""
+    n = len(q)
+    mu = pics["mu"]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sc = ax.scatter(mu[:, 0], mu[:, 1], c=labels, cmap="tab10", s=6, vmin=-0.5, vmax=9.5)
+    fig.colorbar(sc, ax=ax, ticks=range(10), label="digit")
+    ax.set_xlabel("z₁ (posterior mean)")
+    ax.set_ylabel("z₂ (posterior mean)")
+    ax.set_title(f"{title}: test images in the 2-D latent space")
+    out.figure(fig, "latent_scatter")
+
+    fig, ax = plt.subplots(figsize=(7, 7))
+    ax.imshow(
+        grid(pics["manifold"], n, n),
+        cmap="gray",
+        vmin=0,
+        vmax=1,
+        extent=(float(q[0]), float(q[-1]), float(q[0]), float(q[-1])),
+    )
+    ax.set_xlabel("z₁ (prior quantiles 5%…95%)")
+    ax.set_ylabel("z₂")
+    ax.set_title(f"{title}: decoded 2-D latent manifold")
+    out.figure(fig, "manifold")

@@ -1,12 +1,26 @@
-"""Figure helpers shared by the GMM steps (4 and 5)."""
+"""Figures: matplotlib set to its file-only backend (Agg) for every step, and the GMM steps' helpers.
+
+Figure code imports ``plt`` from here, so the backend is chosen before pyplot is first used (no
+window, no display needed). :func:`gmm_density_grid` and :func:`data_vs_samples` are shared by
+steps 4 and 5.
+"""
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-import numpy as np
+import os
 
-from dlx_jax import mixture
-from experiments._common import plt
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import jax.numpy as jnp  # noqa: E402
+import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from dlx_jax import mixture  # noqa: E402
+
+__all__ = ["OLD_FAITHFUL_AXES", "data_vs_samples", "gmm_density_grid", "plt"]
 
 OLD_FAITHFUL_AXES = ("eruptions (min)", "waiting (min)")
 

@@ -14,16 +14,21 @@ dataset, so later steps can use the network as a judge of generated digits (:fun
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from experiments._common import StepOutput, check_checkpoints, check_config, checkpoint_errors, cli, plt
+from experiments import _fitting, _quick
+from experiments._cli import check_config, cli
+from experiments._outputs import StepOutput
+from experiments._plots import plt
 
-QUICK_TRAIN, QUICK_TEST, QUICK_EPOCHS = 2000, 500, 3
+QUICK = _quick.QUICK["cnn"]
 
 
 @dataclass(frozen=True)
@@ -99,13 +104,13 @@ def _validate(config: Config):
     if config.resume and config.backend != "jax":
         raise ValueError("--resume needs --backend jax (the numpy reference keeps no checkpoints)")
     if config.backend == "jax":
-        check_checkpoints(config)
+        _fitting.check_checkpoints(config)
     ds = load_dataset(config.dataset, data_dir=config.data_dir)
     x_train, y_train, x_test, y_test = ds.x_train, ds.y_train, ds.x_test, ds.y_test
     if config.quick:
         rng = np.random.default_rng(config.seed)
-        tr = np.sort(rng.permutation(len(x_train))[:QUICK_TRAIN])
-        te = np.sort(rng.permutation(len(x_test))[:QUICK_TEST])
+        tr = np.sort(rng.permutation(len(x_train))[: QUICK["n_train"]])
+        te = np.sort(rng.permutation(len(x_test))[: QUICK["n_test"]])
         x_train, y_train, x_test, y_test = x_train[tr], y_train[tr], x_test[te], y_test[te]
     if x_train.shape[1:] != (28, 28) or x_test.shape[1:] != (28, 28):
         raise ValueError(f"the CNN needs 28x28 images, got {x_train.shape[1:]} / {x_test.shape[1:]}")
@@ -118,7 +123,8 @@ def _validate(config: Config):
 
 
 def _train_jax(config: Config, epochs: int, x_train, y_train, x_test, y_test, progress):
-    """Train through ``dlx_jax.training.fit``; the epoch is compiled ahead (``compile_s`` apart)."""
+    """Train through ``dlx_jax.training.fit`` (:func:`experiments._fitting.train`); the epoch is
+    compiled ahead (``compile_s`` apart)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -152,20 +158,17 @@ def _train_jax(config: Config, epochs: int, x_train, y_train, x_test, y_test, pr
         "lr": config.lr,
         "seed": config.seed,
     }
-    with checkpoint_errors():
-        state, history = training.fit(
-            key_train,
-            state,
-            data,
-            epoch_fn=epoch_fn,
-            epochs=epochs,
-            checkpoint_dir=Path(config.out) / "checkpoints",
-            resume=config.resume,
-            fingerprint=fingerprint,
-            evaluate=test_accuracy,
-            progress=False,  # the step's own bar below
-            commit=False,  # StepOutput(checkpoints=True) commits them once the outputs are written
-        )
+    state, history, _ = _fitting.train(
+        config,
+        key_train,
+        state,
+        data,
+        epoch_fn=epoch_fn,
+        epochs=epochs,
+        fingerprint=fingerprint,
+        evaluate=test_accuracy,
+        progress=False,  # the step's own bar (see _progress_bar)
+    )
     curves = {
         "train_loss": history["loss"],
         "test_accuracy": [row["test_accuracy"] for row in history["eval"]],
@@ -200,58 +203,67 @@ def _train_numpy(config: Config, epochs: int, x_train, y_train, x_test, y_test, 
     return params, history, preds, 0.0
 
 
-def main(config: Config) -> dict:
-    check_config(config)
-    x_train, y_train, x_test, y_test = _validate(config)
-    epochs = min(config.epochs, QUICK_EPOCHS) if config.quick else config.epochs
-
+@contextlib.contextmanager
+def _progress_bar(config: Config, epochs: int) -> Iterator:
+    """A tqdm bar over the epochs, with ``advance(epoch, **postfix)`` (a resumed run starts part-way)."""
     from tqdm.auto import tqdm
-
-    from dlx_jax import cnn, training
 
     with tqdm(total=epochs, desc=f"cnn {config.backend} {config.dataset}", unit="epoch", leave=False) as bar:
 
-        class _Progress:  # the bar follows the epochs done (a resumed run starts part-way)
+        class _Progress:
             def advance(self, epoch: int, **postfix: float) -> None:
                 bar.update(epoch - bar.n)
                 bar.set_postfix({k: f"{v:.4f}" for k, v in postfix.items()})
 
+        yield _Progress()
+
+
+def _metrics(config: Config, epochs: int, data: tuple, params: dict, history: dict, preds, compile_s) -> dict:
+    from dlx_jax import cnn
+
+    x_train, _, x_test, y_test = data
+    confusion = np.zeros((10, 10), np.int64)
+    np.add.at(confusion, (y_test, preds), 1)
+    return {
+        "test_accuracy": float(np.mean(preds == y_test)),
+        "train_loss_history": history["train_loss"],
+        "test_accuracy_history": history["test_accuracy"],
+        "epoch_seconds": history["epoch_seconds"],
+        "compile_seconds": compile_s,
+        "backend": config.backend,
+        "dataset": config.dataset,
+        "n_params": cnn.count_params(params),
+        "n_train": len(x_train),
+        "n_test": len(x_test),
+        "epochs": epochs,
+        "confusion_matrix": confusion.tolist(),
+        "params_path": "params",
+    }
+
+
+def main(config: Config) -> dict:
+    check_config(config)
+    x_train, y_train, x_test, y_test = _validate(config)
+    epochs = _quick.cap(config, config.epochs, QUICK["epochs"])
+    with _progress_bar(config, epochs) as progress:
         train = _train_jax if config.backend == "jax" else _train_numpy
-        params, history, preds, compile_s = train(
-            config, epochs, x_train, y_train, x_test, y_test, _Progress()
-        )
+        params, history, preds, compile_s = train(config, epochs, x_train, y_train, x_test, y_test, progress)
 
     import jax.numpy as jnp
 
+    from dlx_jax import training
+
     params = {k: {n: jnp.asarray(v, jnp.float32) for n, v in layer.items()} for k, layer in params.items()}
     y_test = np.asarray(y_test)
-    confusion = np.zeros((10, 10), np.int64)
-    np.add.at(confusion, (y_test, preds), 1)
-    accuracy = float(np.mean(preds == y_test))
-
+    data = (x_train, y_train, x_test, y_test)
+    metrics = _metrics(config, epochs, data, params, history, preds, compile_s)
     with StepOutput(config, checkpoints=config.backend == "jax") as out:
         training.save_params(out.path("params"), params)
         if out.plots:
             _plot_curves(out, config, history)
             _plot_digits(out, config, x_test, y_test, preds)
-            _plot_confusion(out, config, confusion, accuracy)
-        return out.finish(
-            {
-                "test_accuracy": accuracy,
-                "train_loss_history": history["train_loss"],
-                "test_accuracy_history": history["test_accuracy"],
-                "epoch_seconds": history["epoch_seconds"],
-                "compile_seconds": compile_s,
-                "backend": config.backend,
-                "dataset": config.dataset,
-                "n_params": cnn.count_params(params),
-                "n_train": len(x_train),
-                "n_test": len(x_test),
-                "epochs": epochs,
-                "confusion_matrix": confusion.tolist(),
-                "params_path": "params",
-            }
-        )
+            _plot_confusion(out, config, np.asarray(metrics["confusion_matrix"]), metrics["test_accuracy"])
+        return out.finish(metrics)
 
 
 def _plot_curves(out, config: Config, history) -> None:

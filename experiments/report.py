@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from experiments._common import write_text
+from experiments._outputs import write_text
 
 MAX_LIST = 12  # list metrics longer than this are shown shortened
 

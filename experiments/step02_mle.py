@@ -8,9 +8,14 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from dlx_jax import distributions as D
+from dlx_jax import distributions
 from dlx_jax.data import check_sample, load_galton_heights, load_table
-from experiments._common import StepOutput, check_config, cli, plt
+from experiments import _quick
+from experiments._cli import check_config, cli
+from experiments._outputs import StepOutput
+from experiments._plots import plt
+
+QUICK = _quick.QUICK["step02_mle"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,10 @@ class Config:
         "n_generated": "samples drawn from the fitted normal for the generated-vs-original figure",
         "bins": "histogram bins",
     }
+    LIMITS = {
+        "n_generated": (10_000_000, "the float64 draws are held in memory and histogrammed with the data"),
+        "bins": (100_000, "a histogram bar per bin"),
+    }
 
 
 def load_data(config: Config) -> tuple[np.ndarray, str]:
@@ -46,7 +55,7 @@ def load_data(config: Config) -> tuple[np.ndarray, str]:
     return x, str(config.data)
 
 
-def main(config: Config) -> dict:
+def _check(config: Config) -> None:
     check_config(config)
     if config.n_generated < 1:
         raise ValueError(f"--n-generated must be >= 1, got {config.n_generated}")
@@ -54,113 +63,120 @@ def main(config: Config) -> dict:
         raise ValueError(f"--bins must be >= 2, got {config.bins}")
     if not np.isfinite([config.a, config.b]).all():
         raise ValueError(f"--a and --b must be finite numbers, got {config.a}, {config.b}")
-    x, label = load_data(config)
-    n_generated = min(config.n_generated, 2000) if config.quick else config.n_generated
 
+
+def _compute(config: Config, x: np.ndarray, n_generated: int) -> dict:
+    """The MLE fit, its tail probabilities, draws from it and its pdf/CDF on a grid (float64)."""
     # float64 throughout so the fit equals numpy's mean/std on the same file to ~1e-15
     with jax.enable_x64(True):
-        mu, sigma = (float(v) for v in jax.jit(D.normal_mle)(x))
-        _, sigma_unbiased = jax.jit(lambda v: D.normal_mle(v, ddof=1))(x)
-        p_le_a = float(D.normal_cdf(config.a, mu, sigma))
-        p_gt_b = float(D.normal_cdf(-config.b, -mu, sigma))  # = 1 - Φ((b-μ)/σ), no cancellation
+        mu, sigma = (float(v) for v in jax.jit(distributions.normal_mle)(x))
+        _, sigma_unbiased = jax.jit(lambda v: distributions.normal_mle(v, ddof=1))(x)
+        p_le_a = float(distributions.normal_cdf(config.a, mu, sigma))
+        p_gt_b = float(distributions.normal_cdf(-config.b, -mu, sigma))  # = 1 - Φ((b-μ)/σ), no cancellation
         generated = np.asarray(
-            jax.jit(D.sample_normal, static_argnames="shape")(
+            jax.jit(distributions.sample_normal, static_argnames="shape")(
                 jax.random.key(config.seed), mu, sigma, shape=(n_generated,)
             )
         )
         grid = np.linspace(min(x.min(), config.a) - 2 * sigma, max(x.max(), config.b) + 2 * sigma, 400)
-        fitted_pdf = np.asarray(D.normal_pdf(grid, mu, sigma))
-        fitted_cdf = np.asarray(D.normal_cdf(grid, mu, sigma))
-        mean_log_likelihood = float(D.normal_logpdf(x, mu, sigma).mean())
+        return {
+            "mu": mu,
+            "sigma": sigma,
+            "sigma_unbiased": float(sigma_unbiased),
+            "p_le_a": p_le_a,
+            "p_gt_b": p_gt_b,
+            "generated": generated,
+            "grid": grid,
+            "fitted_pdf": np.asarray(distributions.normal_pdf(grid, mu, sigma)),
+            "fitted_cdf": np.asarray(distributions.normal_cdf(grid, mu, sigma)),
+            "mean_log_likelihood": float(distributions.normal_logpdf(x, mu, sigma).mean()),
+        }
 
-    metrics = {
+
+def _metrics(config: Config, x: np.ndarray, label: str, fit: dict) -> dict:
+    return {
         "data": label,
         "n": int(x.size),
-        "mu": mu,
-        "sigma": sigma,
-        "sigma_unbiased": float(sigma_unbiased),
-        "mean_log_likelihood": mean_log_likelihood,
+        "mu": fit["mu"],
+        "sigma": fit["sigma"],
+        "sigma_unbiased": fit["sigma_unbiased"],
+        "mean_log_likelihood": fit["mean_log_likelihood"],
         "a": config.a,
         "b": config.b,
-        "p_le_a": p_le_a,
-        "p_gt_b": p_gt_b,
-        "n_generated": n_generated,
-        "generated_mean": float(generated.mean()),
-        "generated_std": float(generated.std()),
+        "p_le_a": fit["p_le_a"],
+        "p_gt_b": fit["p_gt_b"],
+        "n_generated": len(fit["generated"]),
+        "generated_mean": float(fit["generated"].mean()),
+        "generated_std": float(fit["generated"].std()),
     }
 
+
+def _fit_figures(out: StepOutput, config: Config, x: np.ndarray, label: str, fit: dict) -> None:
+    """The fit over the data's histogram, and data generated from it beside the original."""
+    grid, generated = fit["grid"], fit["generated"]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.hist(x, bins=config.bins, density=True, alpha=0.6, label=f"data (n={x.size})")
+    ax.plot(grid, fit["fitted_pdf"], "r", label=f"MLE fit N({fit['mu']:.2f}, {fit['sigma']:.2f}²)")
+    ax.set(
+        title="Maximum likelihood normal over the data",
+        xlabel=f"height — {label}",
+        ylabel="probability density",
+    )
+    ax.legend()
+    out.figure(fig, "mle_fit")
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    edges = np.histogram_bin_edges(np.concatenate([x, generated]), bins=config.bins)
+    ax.hist(x, bins=edges, density=True, alpha=0.6, label="original")
+    ax.hist(generated, bins=edges, density=True, alpha=0.6, label=f"generated ({len(generated)})")
+    ax.set(
+        title="Data generated from the fitted normal vs the original",
+        xlabel="height",
+        ylabel="probability density",
+    )
+    ax.legend()
+    out.figure(fig, "generated_vs_original")
+
+
+def _probability_figure(out: StepOutput, config: Config, fit: dict) -> None:
+    """P(x ≤ a) and P(x > b) as areas under the pdf and as values of the CDF."""
+    grid, fitted_pdf, p_le_a, p_gt_b = fit["grid"], fit["fitted_pdf"], fit["p_le_a"], fit["p_gt_b"]
+    a, b = config.a, config.b
+    fig, (ax_pdf, ax_cdf) = plt.subplots(1, 2, figsize=(12, 4))
+    ax_pdf.plot(grid, fitted_pdf, "k")
+    ax_pdf.fill_between(
+        grid, 0, fitted_pdf, where=grid <= a, color="C0", alpha=0.5, label=f"P(x ≤ {a:g}) = {p_le_a:.4f}"
+    )
+    ax_pdf.fill_between(
+        grid, 0, fitted_pdf, where=grid > b, color="C3", alpha=0.5, label=f"P(x > {b:g}) = {p_gt_b:.4f}"
+    )
+    ax_pdf.set(title="Tail probabilities are areas under the fitted pdf", xlabel="height", ylabel="p(x)")
+    ax_pdf.legend()
+    ax_cdf.plot(grid, fit["fitted_cdf"], "k", label="CDF F(x) of the fit")
+    f_b = 1.0 - p_gt_b
+    ax_cdf.plot([a, a, grid[0]], [0, p_le_a, p_le_a], "C0--", label=f"F({a:g}) = P(x ≤ {a:g}) = {p_le_a:.4f}")
+    ax_cdf.plot([b, b, grid[0]], [0, f_b, f_b], "C3--", label=f"1 − F({b:g}) = P(x > {b:g}) = {p_gt_b:.4f}")
+    ax_cdf.set(
+        title="The same probabilities read off the CDF",
+        xlabel="height",
+        ylabel="F(x) = P(X ≤ x)",
+        ylim=(0, 1.02),
+    )
+    ax_cdf.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    out.figure(fig, "cdf_probabilities")
+
+
+def main(config: Config) -> dict:
+    _check(config)
+    x, label = load_data(config)
+    n_generated = _quick.cap(config, config.n_generated, QUICK["n_generated"])
+    fit = _compute(config, x, n_generated)
+    metrics = _metrics(config, x, label, fit)
     with StepOutput(config) as out:
         if out.plots:
-            fig, ax = plt.subplots(figsize=(6.5, 4))
-            ax.hist(x, bins=config.bins, density=True, alpha=0.6, label=f"data (n={x.size})")
-            ax.plot(grid, fitted_pdf, "r", label=f"MLE fit N({mu:.2f}, {sigma:.2f}²)")
-            ax.set(
-                title="Maximum likelihood normal over the data",
-                xlabel=f"height — {label}",
-                ylabel="probability density",
-            )
-            ax.legend()
-            out.figure(fig, "mle_fit")
-
-            fig, ax = plt.subplots(figsize=(6.5, 4))
-            edges = np.histogram_bin_edges(np.concatenate([x, generated]), bins=config.bins)
-            ax.hist(x, bins=edges, density=True, alpha=0.6, label="original")
-            ax.hist(generated, bins=edges, density=True, alpha=0.6, label=f"generated ({n_generated})")
-            ax.set(
-                title="Data generated from the fitted normal vs the original",
-                xlabel="height",
-                ylabel="probability density",
-            )
-            ax.legend()
-            out.figure(fig, "generated_vs_original")
-
-            fig, (ax_pdf, ax_cdf) = plt.subplots(1, 2, figsize=(12, 4))
-            ax_pdf.plot(grid, fitted_pdf, "k")
-            ax_pdf.fill_between(
-                grid,
-                0,
-                fitted_pdf,
-                where=grid <= config.a,
-                color="C0",
-                alpha=0.5,
-                label=f"P(x ≤ {config.a:g}) = {p_le_a:.4f}",
-            )
-            ax_pdf.fill_between(
-                grid,
-                0,
-                fitted_pdf,
-                where=grid > config.b,
-                color="C3",
-                alpha=0.5,
-                label=f"P(x > {config.b:g}) = {p_gt_b:.4f}",
-            )
-            ax_pdf.set(
-                title="Tail probabilities are areas under the fitted pdf", xlabel="height", ylabel="p(x)"
-            )
-            ax_pdf.legend()
-            ax_cdf.plot(grid, fitted_cdf, "k", label="CDF F(x) of the fit")
-            f_b = 1.0 - p_gt_b
-            ax_cdf.plot(
-                [config.a, config.a, grid[0]],
-                [0, p_le_a, p_le_a],
-                "C0--",
-                label=f"F({config.a:g}) = P(x ≤ {config.a:g}) = {p_le_a:.4f}",
-            )
-            ax_cdf.plot(
-                [config.b, config.b, grid[0]],
-                [0, f_b, f_b],
-                "C3--",
-                label=f"1 − F({config.b:g}) = P(x > {config.b:g}) = {p_gt_b:.4f}",
-            )
-            ax_cdf.set(
-                title="The same probabilities read off the CDF",
-                xlabel="height",
-                ylabel="F(x) = P(X ≤ x)",
-                ylim=(0, 1.02),
-            )
-            ax_cdf.legend(loc="lower right", fontsize=8)
-            fig.tight_layout()
-            out.figure(fig, "cdf_probabilities")
+            _fit_figures(out, config, x, label, fit)
+            _probability_figure(out, config, fit)
         return out.finish(metrics)
 
 

@@ -9,12 +9,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlx_jax import distributions as D
+from dlx_jax import distributions
 from dlx_jax.data import check_sample, load_galton_father_son, load_table
-from experiments._common import StepOutput, check_config, cli, plt
+from experiments import _quick
+from experiments._cli import check_config, cli
+from experiments._outputs import StepOutput
+from experiments._plots import plt
 
 BOOK_MU = (0.5, -0.2)
 BOOK_COV = ((2.0, 0.3), (0.3, 0.5))
+QUICK = _quick.QUICK["step03_mvn"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,10 @@ class Config:
         "data": "two-column file (e.g. height, weight); default: Galton's (father, son) heights in cm",
         "grid_size": "points per axis of the density surfaces and contours (quick mode: 40)",
         "n_generated": "samples drawn from the fit for the generated-vs-original figure (0: as many as data)",
+    }
+    LIMITS = {
+        "grid_size": (2000, "the density is evaluated on GRID_SIZE² points for each figure"),
+        "n_generated": (1_000_000, "every draw is a point of a scatter plot"),
     }
 
 
@@ -62,82 +70,114 @@ def _grid(lo: np.ndarray, hi: np.ndarray, size: int) -> tuple[np.ndarray, np.nda
     return xs, ys, np.stack([xs, ys], axis=-1)
 
 
-def main(config: Config) -> dict:
+def _check(config: Config) -> None:
     check_config(config)
     if config.grid_size < 5:
         raise ValueError(f"--grid-size must be >= 5, got {config.grid_size}")
     if config.n_generated < 0:
         raise ValueError(f"--n-generated must be >= 0, got {config.n_generated}")
-    x, label, axis_names = load_data(config)
-    size = min(config.grid_size, 40) if config.quick else config.grid_size
-    n_generated = config.n_generated or x.shape[0]
 
-    logpdf = jax.jit(D.mvn_logpdf)
-    # the book's example density on its (-5, 5)^2 grid
+
+def _book_density(size: int) -> dict:
+    """The book's example density on its (-5, 5)² grid."""
+    logpdf = jax.jit(distributions.mvn_logpdf)
     book_mu, book_cov = np.array(BOOK_MU), np.array(BOOK_COV)
-    D.scale_tril_from_cov(book_cov)  # eager: a concrete check that the example covariance is SPD
+    distributions.scale_tril_from_cov(book_cov)  # eager: a concrete check that the example covariance is SPD
     bx, by, bgrid = _grid(np.array([-5.0, -5.0]), np.array([5.0, 5.0]), size)
     book_density = np.exp(np.asarray(logpdf(jnp.asarray(bgrid, jnp.float32), book_mu, book_cov)))
+    pdf_at_mean = float(np.exp(logpdf(book_mu, book_mu, book_cov)))
+    return {"bx": bx, "by": by, "density": book_density, "pdf_at_mean": pdf_at_mean}
 
-    # float64 so the fit equals numpy's mean / np.cov on the same file to ~1e-15
+
+def _fit(config: Config, x: np.ndarray, size: int, n_generated: int) -> dict:
+    """The MLE fit (float64, so it equals numpy's mean / np.cov on the same file to ~1e-15)."""
     with jax.enable_x64(True):
-        mean, cov = (np.asarray(v) for v in jax.jit(D.mvn_mle)(x))
-        cov_unbiased = np.asarray(jax.jit(lambda v: D.mvn_mle(v, ddof=1))(x)[1])
-        scale_tril = np.asarray(D.scale_tril_from_cov(cov))  # eager: raises if the data are degenerate
-        mean_log_likelihood = float(jnp.mean(D.mvn_logpdf(x, mean, scale_tril=scale_tril)))
+        mean, cov = (np.asarray(v) for v in jax.jit(distributions.mvn_mle)(x))
+        cov_unbiased = np.asarray(jax.jit(lambda v: distributions.mvn_mle(v, ddof=1))(x)[1])
+        scale_tril = np.asarray(distributions.scale_tril_from_cov(cov))  # eager: raises if degenerate
+        mean_log_likelihood = float(jnp.mean(distributions.mvn_logpdf(x, mean, scale_tril=scale_tril)))
         generated = np.asarray(
-            jax.jit(D.sample_mvn, static_argnames="shape")(
+            jax.jit(distributions.sample_mvn, static_argnames="shape")(
                 jax.random.key(config.seed), mean, scale_tril=scale_tril, shape=(n_generated,)
             )
         )
         pad = 0.1 * (x.max(0) - x.min(0)) + 1e-9
         fx, fy, fgrid = _grid(x.min(0) - pad, x.max(0) + pad, size)
-        fit_density = np.exp(np.asarray(D.mvn_logpdf(fgrid, mean, scale_tril=scale_tril)))
-        gen_mean, gen_cov = (np.asarray(v) for v in D.mvn_mle(generated))
-
-    metrics = {
-        "data": label,
-        "n": int(x.shape[0]),
+        fit_density = np.exp(np.asarray(distributions.mvn_logpdf(fgrid, mean, scale_tril=scale_tril)))
+        gen_mean, gen_cov = (np.asarray(v) for v in distributions.mvn_mle(generated))
+    return {
         "mean": mean,
         "cov": cov,
         "cov_unbiased": cov_unbiased,
-        "correlation": float(cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1])),
         "mean_log_likelihood": mean_log_likelihood,
-        "book_pdf_at_mean": float(np.exp(logpdf(book_mu, book_mu, book_cov))),
-        "n_generated": n_generated,
+        "generated": generated,
+        "fx": fx,
+        "fy": fy,
+        "density": fit_density,
         "generated_mean": gen_mean,
         "generated_cov": gen_cov,
     }
 
+
+def _metrics(x: np.ndarray, label: str, book: dict, fit: dict) -> dict:
+    cov = fit["cov"]
+    return {
+        "data": label,
+        "n": int(x.shape[0]),
+        "mean": fit["mean"],
+        "cov": cov,
+        "cov_unbiased": fit["cov_unbiased"],
+        "correlation": float(cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1])),
+        "mean_log_likelihood": fit["mean_log_likelihood"],
+        "book_pdf_at_mean": book["pdf_at_mean"],
+        "n_generated": len(fit["generated"]),
+        "generated_mean": fit["generated_mean"],
+        "generated_cov": fit["generated_cov"],
+    }
+
+
+def _figures(out: StepOutput, x: np.ndarray, label: str, axis_names: tuple[str, str], book: dict, fit: dict):
+    bx, by, book_density = book["bx"], book["by"], book["density"]
+    fig = plt.figure(figsize=(11, 4.5))
+    ax3 = fig.add_subplot(1, 2, 1, projection="3d")
+    ax3.plot_surface(bx, by, book_density, cmap="viridis")
+    ax3.set(title="2-D normal density", xlabel="x₁", ylabel="x₂", zlabel="p(x)")
+    ax = fig.add_subplot(1, 2, 2)
+    cs = ax.contour(bx, by, book_density, levels=10)
+    ax.clabel(cs, fontsize=7)
+    ax.set(title="Contours: μ=(0.5, −0.2), Σ=((2, 0.3), (0.3, 0.5))", xlabel="x₁", ylabel="x₂")
+    ax.set_aspect("equal")
+    out.figure(fig, "mvn_surface_contour")
+
+    fx, fy, fit_density, generated = fit["fx"], fit["fy"], fit["density"], fit["generated"]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.scatter(x[:, 0], x[:, 1], s=8, alpha=0.5, label=f"data (n={x.shape[0]})")
+    ax.contour(fx, fy, fit_density, levels=8, cmap="plasma")
+    ax.plot(*fit["mean"], "r+", ms=12, label="MLE mean")
+    ax.set(title=f"MLE normal over the data — {label}", xlabel=axis_names[0], ylabel=axis_names[1])
+    ax.legend()
+    out.figure(fig, "mle_contour")
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharex=True, sharey=True)
+    axes[0].scatter(x[:, 0], x[:, 1], s=8, alpha=0.5)
+    axes[0].set(title="Original data", xlabel=axis_names[0], ylabel=axis_names[1])
+    axes[1].scatter(generated[:, 0], generated[:, 1], s=8, alpha=0.5, color="C1")
+    axes[1].set(title=f"Generated from the fit ({len(generated)} samples)", xlabel=axis_names[0])
+    for ax in axes:
+        ax.contour(fx, fy, fit_density, levels=8, cmap="plasma", alpha=0.5)
+    out.figure(fig, "generated_vs_original")
+
+
+def main(config: Config) -> dict:
+    _check(config)
+    x, label, axis_names = load_data(config)
+    size = _quick.cap(config, config.grid_size, QUICK["grid_size"])
+    book = _book_density(size)
+    fit = _fit(config, x, size, config.n_generated or x.shape[0])
+    metrics = _metrics(x, label, book, fit)
     with StepOutput(config) as out:
         if out.plots:
-            fig = plt.figure(figsize=(11, 4.5))
-            ax3 = fig.add_subplot(1, 2, 1, projection="3d")
-            ax3.plot_surface(bx, by, book_density, cmap="viridis")
-            ax3.set(title="2-D normal density", xlabel="x₁", ylabel="x₂", zlabel="p(x)")
-            ax = fig.add_subplot(1, 2, 2)
-            cs = ax.contour(bx, by, book_density, levels=10)
-            ax.clabel(cs, fontsize=7)
-            ax.set(title="Contours: μ=(0.5, −0.2), Σ=((2, 0.3), (0.3, 0.5))", xlabel="x₁", ylabel="x₂")
-            ax.set_aspect("equal")
-            out.figure(fig, "mvn_surface_contour")
-
-            fig, ax = plt.subplots(figsize=(6, 5))
-            ax.scatter(x[:, 0], x[:, 1], s=8, alpha=0.5, label=f"data (n={x.shape[0]})")
-            ax.contour(fx, fy, fit_density, levels=8, cmap="plasma")
-            ax.plot(*mean, "r+", ms=12, label="MLE mean")
-            ax.set(title=f"MLE normal over the data — {label}", xlabel=axis_names[0], ylabel=axis_names[1])
-            ax.legend()
-            out.figure(fig, "mle_contour")
-
-            fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharex=True, sharey=True)
-            axes[0].scatter(x[:, 0], x[:, 1], s=8, alpha=0.5)
-            axes[0].set(title="Original data", xlabel=axis_names[0], ylabel=axis_names[1])
-            axes[1].scatter(generated[:, 0], generated[:, 1], s=8, alpha=0.5, color="C1")
-            axes[1].set(title=f"Generated from the fit ({n_generated} samples)", xlabel=axis_names[0])
-            for ax in axes:
-                ax.contour(fx, fy, fit_density, levels=8, cmap="plasma", alpha=0.5)
-            out.figure(fig, "generated_vs_original")
+            _figures(out, x, label, axis_names, book, fit)
         return out.finish(metrics)
 
 

@@ -12,13 +12,16 @@ import numpy as np
 
 from dlx_jax import mixture
 from dlx_jax.data import check_sample, load_old_faithful, load_table
-from experiments._common import StepOutput, check_config, cli, plt
-from experiments._plots import data_vs_samples, gmm_density_grid
+from experiments import _quick
+from experiments._cli import check_config, cli
+from experiments._outputs import StepOutput
+from experiments._plots import OLD_FAITHFUL_AXES, data_vs_samples, gmm_density_grid, plt
 
 # The book's parameters (chapter 4), fitted to Old Faithful (eruption minutes, waiting minutes).
 BOOK_WEIGHTS = (0.35, 0.65)
 BOOK_MEANS = ((2.0, 54.50), (4.3, 80.0))
 BOOK_COVS = (((0.07, 0.44), (0.44, 33.7)), ((0.17, 0.94), (0.94, 36.0)))
+QUICK = _quick.QUICK["step04_gmm"]
 
 
 @dataclass(frozen=True)
@@ -37,9 +40,14 @@ class Config:
         "n_samples": "number of ancestral samples",
         "grid": "grid points per axis of the density surface",
     }
+    LIMITS = {
+        "n_samples": (1_000_000, "every sample is a point of a scatter plot"),
+        "grid": (2000, "the density is evaluated on GRID² points"),
+    }
 
 
-def main(config: Config) -> dict:
+def _load(config: Config) -> np.ndarray:
+    """Check the settings, then the data shown beside the samples; ValueError before any output."""
     check_config(config)
     if config.n_samples < 1:
         raise ValueError(f"--n-samples must be >= 1, got {config.n_samples}")
@@ -50,8 +58,11 @@ def main(config: Config) -> dict:
         raise ValueError(f"--data needs at least one row of 2 columns, got shape {data.shape}")
     # shown beside the book's GMM: its log-density and the figure grid need values far from overflow
     check_sample(data, source=f"--data {config.data}", dtype=np.float32, spread=False)
-    grid = 30 if config.quick else config.grid
+    return data
 
+
+def _compute(config: Config, data: np.ndarray, grid: int) -> dict:
+    """Ancestral samples of the book's GMM, its density on a grid and its log-likelihood of the data."""
     with jax.enable_x64(True):
         params = mixture.gmm_params_from_covariances(
             jnp.asarray(BOOK_WEIGHTS), jnp.asarray(BOOK_MEANS), jnp.asarray(BOOK_COVS)
@@ -64,41 +75,53 @@ def main(config: Config) -> dict:
         )
         ll_data = float(jnp.mean(logpdf(jnp.asarray(data), params)))
         samples, labels = np.asarray(samples), np.asarray(labels)
+    return {"samples": samples, "labels": labels, "xx": xx, "yy": yy, "density": density, "ll_data": ll_data}
 
+
+def _metrics(config: Config, result: dict) -> dict:
+    samples, labels = result["samples"], result["labels"]
     expected_mean = np.asarray(BOOK_WEIGHTS) @ np.asarray(BOOK_MEANS)
-    metrics = {
+    return {
         "n_samples": config.n_samples,
         "sample_fraction_component_1": float(np.mean(labels == 1)),
         "sample_mean": samples.mean(0),
         "mixture_mean": expected_mean,
         "sample_mean_abs_error": float(np.max(np.abs(samples.mean(0) - expected_mean))),
-        "mean_log_likelihood_data": ll_data,
+        "mean_log_likelihood_data": result["ll_data"],
         "weights": np.asarray(BOOK_WEIGHTS),
         "means": np.asarray(BOOK_MEANS),
         "covariances": np.asarray(BOOK_COVS),
     }
 
+
+def _figures(out: StepOutput, config: Config, data: np.ndarray, result: dict) -> None:
+    xx, yy, density = result["xx"], result["yy"], result["density"]
+    fig = plt.figure(figsize=(12, 5))
+    ax = fig.add_subplot(1, 2, 1, projection="3d")
+    ax.plot_surface(xx, yy, density, cmap="viridis", linewidth=0)
+    ax.set_xlabel(OLD_FAITHFUL_AXES[0])
+    ax.set_ylabel(OLD_FAITHFUL_AXES[1])
+    ax.set_zlabel("p(x)")
+    ax.set_title("GMM density (book's parameters)")
+    ax2 = fig.add_subplot(1, 2, 2)
+    cs = ax2.contour(xx, yy, density, levels=10, cmap="viridis")
+    ax2.clabel(cs, fontsize=7, fmt="%.3f")
+    ax2.set_xlabel(OLD_FAITHFUL_AXES[0])
+    ax2.set_ylabel(OLD_FAITHFUL_AXES[1])
+    ax2.set_title("GMM density contour")
+    out.figure(fig, "gmm_density")
+
+    title = f"{config.n_samples} ancestral samples from the GMM"
+    out.figure(data_vs_samples(data, result["samples"], result["labels"], title=title), "gmm_samples")
+
+
+def main(config: Config) -> dict:
+    data = _load(config)
+    result = _compute(config, data, QUICK["grid"] if config.quick else config.grid)
+    metrics = _metrics(config, result)
     with StepOutput(config) as out:
         if out.plots:
-            fig = plt.figure(figsize=(12, 5))
-            ax = fig.add_subplot(1, 2, 1, projection="3d")
-            ax.plot_surface(xx, yy, density, cmap="viridis", linewidth=0)
-            ax.set_xlabel("eruptions (min)")
-            ax.set_ylabel("waiting (min)")
-            ax.set_zlabel("p(x)")
-            ax.set_title("GMM density (book's parameters)")
-            ax2 = fig.add_subplot(1, 2, 2)
-            cs = ax2.contour(xx, yy, density, levels=10, cmap="viridis")
-            ax2.clabel(cs, fontsize=7, fmt="%.3f")
-            ax2.set_xlabel("eruptions (min)")
-            ax2.set_ylabel("waiting (min)")
-            ax2.set_title("GMM density contour")
-            out.figure(fig, "gmm_density")
-
-            fig = data_vs_samples(
-                data, samples, labels, title=f"{config.n_samples} ancestral samples from the GMM"
-            )
-            out.figure(fig, "gmm_samples")
+            _figures(out, config, data, result)
         return out.finish(metrics)
 
 

@@ -21,9 +21,24 @@ import numpy as np
 import optax
 
 from dlx_jax import nn, training
-from experiments._common import StepOutput, check_config, cli, plt
+from experiments import _quick
+from experiments._cli import check_config, cli
+from experiments._outputs import StepOutput
+from experiments._plots import plt
 
 ROSENBROCK_START = (0.0, 2.0)
+QUICK = _quick.QUICK["step06_autodiff"]
+ACTIVATIONS_MAX = 100_000_000  # num_points × mlp_hidden hidden activations (and their gradients)
+STATIC = (  # run_all's settings, all static: one compilation per combination
+    "rosenbrock_lr",
+    "rosenbrock_iters",
+    "linreg_lr",
+    "linreg_iters",
+    "mlp_lr",
+    "mlp_iters",
+    "mlp_hidden",
+    "num_points",
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,13 @@ class Config:
         "mlp_iters": "full-batch SGD steps of the MLP (book: 10,000)",
         "mlp_hidden": "hidden units of the 1-H-1 sigmoid MLP",
         "num_points": "points in the regression data sets (x ~ U(0, 1))",
+    }
+    LIMITS = {
+        "rosenbrock_iters": (10_000_000, "the whole descent path is kept for the figure"),
+        "linreg_iters": (10_000_000, "the whole descent path is kept for the loss curve"),
+        "mlp_iters": (10_000_000, "every step's loss is kept for the loss curve"),
+        "mlp_hidden": (100_000, "the hidden layer's activations are held for every point"),
+        "num_points": (1_000_000, "the data sets are held in memory and drawn as scatter plots"),
     }
 
 
@@ -130,7 +152,8 @@ def fit_sgd(loss_fn, params, x, y, *, lr: float, iters: int):
 # ------------------------------------------------------------------------------ main
 
 
-def _validate(config: Config) -> None:
+def _check(config: Config) -> None:
+    check_config(config)
     for name in ("rosenbrock_iters", "linreg_iters", "mlp_iters", "mlp_hidden"):
         if getattr(config, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
@@ -140,6 +163,12 @@ def _validate(config: Config) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
     if config.num_points < 2:
         raise ValueError(f"--num-points must be >= 2 to fit a line, got {config.num_points}")
+    if config.num_points * config.mlp_hidden > ACTIVATIONS_MAX:
+        raise ValueError(
+            f"--num-points {config.num_points} with --mlp-hidden {config.mlp_hidden} needs "
+            f"{config.num_points * config.mlp_hidden:,} hidden activations, more than {ACTIVATIONS_MAX:,}; "
+            "pass fewer --num-points or a smaller --mlp-hidden"
+        )
 
 
 def run_all(
@@ -194,36 +223,28 @@ def run_all(
     return res
 
 
-def main(config: Config) -> dict:
-    check_config(config)
-    _validate(config)
+def _compute(config: Config) -> dict:
+    """The four programs in one compiled call, as numpy arrays, and the least-squares line."""
     # Quick mode keeps the book's iteration counts (10,000 scan steps of a 100-point problem take
     # milliseconds; compilation dominates) and only coarsens the figures.
-    static = (
-        "rosenbrock_lr",
-        "rosenbrock_iters",
-        "linreg_lr",
-        "linreg_iters",
-        "mlp_lr",
-        "mlp_iters",
-        "mlp_hidden",
-        "num_points",
-    )
-    run = jax.jit(run_all, static_argnames=static)
+    run = jax.jit(run_all, static_argnames=STATIC)
     res = jax.tree.map(
-        np.asarray, run(jax.random.key(config.seed), **{k: getattr(config, k) for k in static})
+        np.asarray, run(jax.random.key(config.seed), **{k: getattr(config, k) for k in STATIC})
     )
-
-    path = res["rosenbrock_path"]
-    final = path[-1]
     x_lin, y_lin = res["x_lin"][:, 0].astype(np.float64), res["y_lin"][:, 0].astype(np.float64)
     design = np.stack([x_lin, np.ones_like(x_lin)], axis=1)
     (w_ls, b_ls), *_ = np.linalg.lstsq(design, y_lin, rcond=None)
-    lin_losses, mlp_losses = res["lin_losses"], res["mlp_losses"]
-    w, b = float(res["lin"]["W"][0, 0]), float(res["lin"]["b"][0])
+    res.update(x_lin64=x_lin, y_lin64=y_lin, lstsq=(w_ls, b_ls))
+    res["fit"] = (float(res["lin"]["W"][0, 0]), float(res["lin"]["b"][0]))
+    return res
 
+
+def _metrics(config: Config, res: dict) -> dict:
+    final = res["rosenbrock_path"][-1]
+    lin_losses, mlp_losses = res["lin_losses"], res["mlp_losses"]
+    (w, b), (w_ls, b_ls) = res["fit"], res["lstsq"]
     every = max(1, config.mlp_iters // 10)
-    metrics = {
+    return {
         "grad_3x2_at_5": float(res["grad_3x2_at_5"]),
         "rosenbrock_grad_at_start": res["rosenbrock_grad_at_start"],
         "rosenbrock_final": final,
@@ -242,11 +263,16 @@ def main(config: Config) -> dict:
         "mlp_loss_history": mlp_losses[::every],
     }
 
+
+def main(config: Config) -> dict:
+    _check(config)
+    res = _compute(config)
+    metrics = _metrics(config, res)
     with StepOutput(config) as out:
         if out.plots:
-            _plot_rosenbrock(out, path, config)
-            _plot_linreg(out, x_lin, y_lin, (w, b), (w_ls, b_ls), lin_losses)
-            _plot_mlp(out, res, mlp_losses)
+            _plot_rosenbrock(out, res["rosenbrock_path"], config)
+            _plot_linreg(out, res["x_lin64"], res["y_lin64"], res["fit"], res["lstsq"], res["lin_losses"])
+            _plot_mlp(out, res, res["mlp_losses"])
         return out.finish(metrics)
 
 
@@ -254,7 +280,7 @@ def main(config: Config) -> dict:
 
 
 def _plot_rosenbrock(out, path: np.ndarray, config: Config) -> None:
-    res = 150 if config.quick else 400
+    res = QUICK["contour_grid"] if config.quick else 400
     g0, g1 = np.meshgrid(np.linspace(-2.0, 2.0, res), np.linspace(-1.0, 3.0, res))
     z = 100.0 * (g1 - g0**2) ** 2 + (g0 - 1.0) ** 2
     fig, ax = plt.subplots(figsize=(6.5, 5.5))

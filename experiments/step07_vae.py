@@ -25,16 +25,9 @@ import numpy as np
 
 from dlx_jax import vae
 from dlx_jax.data import batch_indices
-from experiments._common import StepOutput, check_checkpoints, cli
-from experiments._generative import (
-    evaluate,
-    figures,
-    init_jit,
-    load_images,
-    settings,
-    train_model,
-    validate_config,
-)
+from experiments import _fitting, _generative
+from experiments._cli import cli
+from experiments._outputs import StepOutput
 
 
 @dataclass(frozen=True)
@@ -69,6 +62,7 @@ class Config:
         "and not --quick",
     }
     CHOICES = {"compare_torch": ("auto", "on", "off")}
+    LIMITS = _generative.VAE_LIMITS
 
 
 # --- step 7 ------------------------------------------------------------------------------------------
@@ -91,7 +85,7 @@ def train_torch(
 
     from experiments import _torch_vae
 
-    epochs, _ = settings(config)
+    epochs, _ = _generative.sizes(config)
     torch.manual_seed(config.seed)
     model = _torch_vae.from_jax_params(params0)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -105,19 +99,12 @@ def train_torch(
     return history, time.perf_counter() - start
 
 
-def main(config: Config) -> dict:
-    validate_config(config)
-    with_torch = _torch_wanted(config)
-    check_checkpoints(config)
-    data = load_images(config)
-    epochs, iwae_k = settings(config)
-
-    key_init, key_train, key_eval, key_plot = jax.random.split(jax.random.key(config.seed), 4)
-    params0 = init_jit(vae, key_init, hidden_dim=config.hidden_dim, latent_dim=config.latent_dim)
-    params, history, train_s = train_model(config, vae, params0, data["x_train"], key_train)
+def _metrics(config: Config, data: dict, params: vae.VAEParams, history: dict, train_s: float, key) -> dict:
+    """Training curve, test scores (book loss, −ELBO, IWAE) and the run's sizes."""
+    epochs, iwae_k = _generative.sizes(config)
     losses = history["loss"]
     metrics: dict[str, Any] = {"loss_history": losses, "final_loss": losses[-1]}
-    metrics.update(evaluate(vae, params, data["x_test"], key_eval, iwae_k))
+    metrics.update(_generative.evaluate(vae, params, data["x_test"], key, iwae_k))
     metrics.update(
         {
             "epochs": epochs,
@@ -126,22 +113,38 @@ def main(config: Config) -> dict:
             "train_s": train_s,
         }
     )
-    curves = {"JAX (dlx_jax)": losses}
+    return metrics
+
+
+def _torch_metrics(losses: list[float], torch_history: list[float], torch_s: float) -> dict[str, Any]:
+    """The PyTorch run's curve beside the JAX one (same data, batches and initial weights)."""
+    return {
+        "torch_loss_history": torch_history,
+        "torch_final_loss": torch_history[-1],
+        "final_loss_relative_gap": abs(losses[-1] - torch_history[-1]) / abs(torch_history[-1]),
+        "torch_train_s": torch_s,
+    }
+
+
+def main(config: Config) -> dict:
+    _generative.validate_config(config)
+    with_torch = _torch_wanted(config)
+    _fitting.check_checkpoints(config)
+    data = _generative.load_images(config)
+
+    key_init, key_train, key_eval, key_plot = jax.random.split(jax.random.key(config.seed), 4)
+    params0 = _generative.init_jit(vae, key_init, hidden_dim=config.hidden_dim, latent_dim=config.latent_dim)
+    params, history, train_s = _generative.train_model(config, vae, params0, data["x_train"], key_train)
+    metrics = _metrics(config, data, params, history, train_s, key_eval)
+    curves = {"JAX (dlx_jax)": history["loss"]}
     if with_torch:
         torch_history, torch_s = train_torch(config, params0, data["x_train"], key_train)
-        metrics.update(
-            {
-                "torch_loss_history": torch_history,
-                "torch_final_loss": torch_history[-1],
-                "final_loss_relative_gap": abs(losses[-1] - torch_history[-1]) / abs(torch_history[-1]),
-                "torch_train_s": torch_s,
-            }
-        )
+        metrics.update(_torch_metrics(history["loss"], torch_history, torch_s))
         curves["PyTorch (book's code)"] = torch_history
 
     with StepOutput(config, checkpoints=True) as out:
         if out.plots:
-            figures(out, vae, params, data, key_plot, "VAE", curves, metrics["test_loss"])
+            _generative.figures(out, vae, params, data, key_plot, "VAE", curves, metrics["test_loss"])
         return out.finish(metrics)
 
 

@@ -17,16 +17,9 @@ from typing import Any
 import jax
 
 from dlx_jax import hvae
-from experiments._common import StepOutput, check_checkpoints, cli
-from experiments._generative import (
-    evaluate,
-    figures,
-    init_jit,
-    load_images,
-    settings,
-    train_model,
-    validate_config,
-)
+from experiments import _fitting, _generative
+from experiments._cli import cli
+from experiments._outputs import StepOutput
 
 
 @dataclass(frozen=True)
@@ -57,20 +50,15 @@ class Config:
         "iwae_k": "importance samples per test image for the IWAE bound (--quick caps it at 16)",
         "resume": "continue from OUT/checkpoints (same settings) instead of starting over",
     }
+    LIMITS = _generative.VAE_LIMITS
 
 
-def main(config: Config) -> dict:
-    validate_config(config)
-    check_checkpoints(config)
-    data = load_images(config)
-    epochs, iwae_k = settings(config)
-
-    key_init, key_train, key_eval, key_plot = jax.random.split(jax.random.key(config.seed), 4)
-    params0 = init_jit(hvae, key_init, hidden_dim=config.hidden_dim, latent_dim=config.latent_dim)
-    params, history, train_s = train_model(config, hvae, params0, data["x_train"], key_train)
+def _metrics(config: Config, data: dict, params: Any, history: dict, train_s: float, key) -> dict:
+    """Training curve, test scores (book loss, −ELBO, IWAE over both latents) and the run's sizes."""
+    epochs, iwae_k = _generative.sizes(config)
     losses = history["loss"]
     metrics: dict[str, Any] = {"loss_history": losses, "final_loss": losses[-1]}
-    metrics.update(evaluate(hvae, params, data["x_test"], key_eval, iwae_k))
+    metrics.update(_generative.evaluate(hvae, params, data["x_test"], key, iwae_k))
     metrics["likelihood"] += "; weights over both latents z1, z2"
     metrics.update(
         {
@@ -80,19 +68,24 @@ def main(config: Config) -> dict:
             "train_s": train_s,
         }
     )
+    return metrics
+
+
+def main(config: Config) -> dict:
+    _generative.validate_config(config)
+    _fitting.check_checkpoints(config)
+    data = _generative.load_images(config)
+
+    key_init, key_train, key_eval, key_plot = jax.random.split(jax.random.key(config.seed), 4)
+    params0 = _generative.init_jit(hvae, key_init, hidden_dim=config.hidden_dim, latent_dim=config.latent_dim)
+    params, history, train_s = _generative.train_model(config, hvae, params0, data["x_train"], key_train)
+    metrics = _metrics(config, data, params, history, train_s, key_eval)
 
     with StepOutput(config, checkpoints=True) as out:
         if out.plots:
-            figures(
-                out,
-                hvae,
-                params,
-                data,
-                key_plot,
-                "Hierarchical VAE",
-                {"JAX (dlx_jax)": losses},
-                metrics["test_loss"],
-            )
+            curves = {"JAX (dlx_jax)": history["loss"]}
+            title = "Hierarchical VAE"
+            _generative.figures(out, hvae, params, data, key_plot, title, curves, metrics["test_loss"])
         return out.finish(metrics)
 
 

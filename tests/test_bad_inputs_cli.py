@@ -42,7 +42,9 @@ from experiments import (
     step09_diffusion,
     step10_guidance,
 )
-from experiments._common import MANIFEST, StepOutput, _check_finite, check_config, cli
+from experiments._cli import check_config, cli
+from experiments._outputs import MANIFEST, StepOutput
+from experiments._outputs import check_finite as _check_finite
 
 BIG_SEED = str(2**70)  # the hostile user's "2**70", as digits
 
@@ -587,7 +589,7 @@ VAE_TINY = [
 def _vae_fingerprint(**change) -> dict:
     cfg = replace(step07_vae.Config(), quick=True, **{"hidden_dim": 8, "latent_dim": 2, **change})
     return _generative.fingerprint(
-        cfg, model="vae", n_train=_generative.QUICK_TRAIN, fields=("latent_dim", "hidden_dim")
+        cfg, model="vae", n_train=_generative.QUICK["n_train"], fields=("latent_dim", "hidden_dim")
     )
 
 

@@ -16,7 +16,7 @@ import pytest
 from test_experiments_vae import Interrupted, assert_bitwise_equal, interrupt_before_saving
 
 from dlx_jax import cnn, training
-from experiments.cnn import QUICK_EPOCHS, QUICK_TRAIN, Config, load_trained, main, trained_dataset
+from experiments.cnn import QUICK, Config, load_trained, main, trained_dataset
 
 
 @pytest.mark.parametrize("backend", ["jax", "numpy"])
@@ -24,13 +24,13 @@ def test_cnn_quick_run_writes_metrics_figures_and_params(tmp_path, backend):
     out = tmp_path / backend
     metrics = main(replace(Config(), out=str(out), quick=True, backend=backend))
     epochs = metrics["epochs"]
-    assert epochs == QUICK_EPOCHS and metrics["backend"] == backend and metrics["dataset"] == "mnist-5k"
+    assert epochs == QUICK["epochs"] and metrics["backend"] == backend and metrics["dataset"] == "mnist-5k"
     assert metrics["n_params"] == 34_826
     for key in ("train_loss_history", "test_accuracy_history", "epoch_seconds"):
         assert len(metrics[key]) == epochs
     assert metrics["train_loss_history"][-1] < np.log(10)  # below chance-level cross-entropy
     assert metrics["test_accuracy"] == metrics["test_accuracy_history"][-1]
-    assert metrics["n_train"] == QUICK_TRAIN
+    assert metrics["n_train"] == QUICK["n_train"]
     assert metrics["test_accuracy"] > 0.6  # 3 epochs on 2,000 digits: far above chance (0.1)
     assert np.sum(metrics["confusion_matrix"]) == metrics["n_test"]
     saved = json.loads((out / "metrics.json").read_text())
@@ -66,7 +66,7 @@ def test_interrupted_then_resumed_equals_uninterrupted_bit_for_bit(tmp_path, mon
     like = training.init_state(cnn.init_params(jax.random.key(0)), optax.adam(cfg.lr))
     a = training.restore_checkpoint(tmp_path / "full" / "checkpoints", like)[0]
     b = training.restore_checkpoint(cut / "checkpoints", like)[0]
-    assert int(a.step) == int(b.step) == 2 * (QUICK_TRAIN // cfg.batch_size)
+    assert int(a.step) == int(b.step) == 2 * (QUICK["n_train"] // cfg.batch_size)
     assert_bitwise_equal(a, b)  # step, params, Adam moments (the CNN has no model state or EMA)
     assert_bitwise_equal(load_trained(cut), a.params)
     with pytest.raises(ValueError, match="other settings"):

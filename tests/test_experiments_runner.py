@@ -9,7 +9,8 @@ import pytest
 
 from experiments import __main__ as runner
 from experiments import step01_normal
-from experiments._common import StepOutput, build_parser, summary, to_jsonable
+from experiments._cli import build_parser, summary
+from experiments._outputs import StepOutput, to_jsonable
 
 
 def test_available_steps_are_in_book_order_and_exist():

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import step06_autodiff as s6
+from experiments import step06_autodiff
 from tests.helpers import ATOL_F32, RTOL_F32
 
 # The book's printed Rosenbrock end point has 5 decimals; float32 descent over 10,000 steps
@@ -21,7 +21,7 @@ TOL_GD_CONVERGED = 1e-4
 
 
 def test_quick_run_matches_the_book(tmp_path):
-    m = s6.main(replace(s6.Config(), out=str(tmp_path), quick=True))
+    m = step06_autodiff.main(replace(step06_autodiff.Config(), out=str(tmp_path), quick=True))
     assert m["grad_3x2_at_5"] == 30.0
     np.testing.assert_array_equal(m["rosenbrock_grad_at_start"], [-2.0, 400.0])  # (-2(1-x0) ..., 200(x1-x0²))
     np.testing.assert_allclose(m["rosenbrock_final"], [0.99448, 0.98896], atol=TOL_BOOK_ROSENBROCK)
@@ -48,10 +48,9 @@ def test_quick_run_matches_the_book(tmp_path):
 
 
 def test_seed_changes_data_not_rosenbrock(tmp_path):
-    base = s6.main(replace(s6.Config(), out=str(tmp_path / "a"), quick=True, plots=False,
-                           rosenbrock_iters=50, mlp_iters=50))  # fmt: skip
-    other = s6.main(replace(s6.Config(), out=str(tmp_path / "b"), quick=True, plots=False, seed=1,
-                            rosenbrock_iters=50, mlp_iters=50))  # fmt: skip
+    small = replace(step06_autodiff.Config(), quick=True, plots=False, rosenbrock_iters=50, mlp_iters=50)
+    base = step06_autodiff.main(replace(small, out=str(tmp_path / "a")))
+    other = step06_autodiff.main(replace(small, out=str(tmp_path / "b"), seed=1))
     assert base["rosenbrock_final"] == other["rosenbrock_final"]
     assert base["linreg_W_lstsq"] != other["linreg_W_lstsq"]
     assert not list((tmp_path / "a").glob("*.png"))  # --no-plots
@@ -62,8 +61,8 @@ def test_gradient_descent_converges_to_least_squares():
     x = jax.random.uniform(key_x, (50, 1))
     y = 5.0 + 2.0 * x + jax.random.uniform(key_n, (50, 1))
     p0 = {"W": jnp.zeros((1, 1)), "b": jnp.zeros((1,))}
-    path = jax.jit(s6.gradient_descent, static_argnames=("f", "lr", "iters"))(
-        lambda p: s6.linreg_loss(p, x, y), p0, lr=0.5, iters=3000
+    path = jax.jit(step06_autodiff.gradient_descent, static_argnames=("f", "lr", "iters"))(
+        lambda p: step06_autodiff.linreg_loss(p, x, y), p0, lr=0.5, iters=3000
     )
     assert path["W"].shape == (3001, 1, 1)
     np.testing.assert_array_equal(path["W"][0], p0["W"])  # the path starts at p0
@@ -76,19 +75,19 @@ def test_one_descent_step_and_rosenbrock_gradient_closed_form():
     p = jnp.array([0.3, -0.7])
     x0, x1 = 0.3, -0.7
     exact = [-400 * x0 * (x1 - x0**2) - 2 * (1 - x0), 200 * (x1 - x0**2)]
-    np.testing.assert_allclose(jax.grad(s6.rosenbrock)(p), exact, rtol=RTOL_F32, atol=ATOL_F32)
-    path = s6.gradient_descent(s6.rosenbrock, p, lr=0.01, iters=1)
+    np.testing.assert_allclose(jax.grad(step06_autodiff.rosenbrock)(p), exact, rtol=RTOL_F32, atol=ATOL_F32)
+    path = step06_autodiff.gradient_descent(step06_autodiff.rosenbrock, p, lr=0.01, iters=1)
     np.testing.assert_allclose(
         path[1], np.asarray(p) - 0.01 * np.asarray(exact), rtol=RTOL_F32, atol=ATOL_F32
     )
 
 
 def test_mlp_init_matches_torch_default_ranges(key):
-    params = s6.init_mlp(key, hidden=10)
+    params = step06_autodiff.init_mlp(key, hidden=10)
     assert params["l1"]["w"].shape == (1, 10) and params["l2"]["w"].shape == (10, 1)
     assert float(jnp.abs(params["l1"]["w"]).max()) <= 1.0
     assert float(jnp.abs(params["l2"]["w"]).max()) <= 1 / np.sqrt(10)
-    assert s6.mlp(params, jnp.zeros((4, 1))).shape == (4, 1)
+    assert step06_autodiff.mlp(params, jnp.zeros((4, 1))).shape == (4, 1)
 
 
 @pytest.mark.parametrize(
@@ -103,5 +102,5 @@ def test_mlp_init_matches_torch_default_ranges(key):
 def test_bad_config_raises_before_any_output(tmp_path, change, match):
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=match):
-        s6.main(replace(s6.Config(), out=str(out), quick=True, **change))
+        step06_autodiff.main(replace(step06_autodiff.Config(), out=str(out), quick=True, **change))
     assert not out.exists() and not list(tmp_path.iterdir())

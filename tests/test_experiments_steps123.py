@@ -11,7 +11,7 @@ from scipy import stats
 
 from dlx_jax.data import load_galton_father_son, load_galton_heights
 from experiments import step01_normal, step02_mle, step03_mvn
-from experiments._common import cli
+from experiments._cli import cli
 from tests.helpers import RTOL_NUMPY_CONTRACT, SAMPLE_N_SE
 
 

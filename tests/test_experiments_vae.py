@@ -15,7 +15,7 @@ import pytest
 
 from dlx_jax import training, vae
 from experiments import _generative, step07_vae, step08_hvae
-from experiments._common import cli
+from experiments._cli import cli
 
 FAST = {"quick": True, "epochs": 2, "iwae_k": 4, "compare_torch": "off"}
 
@@ -89,7 +89,7 @@ def test_step07_interrupted_then_resumed_equals_uninterrupted_bit_for_bit(tmp_pa
     )
     like = training.init_state(params, optax.adam(cfg.lr))
     a, b = restored_state(tmp_path / "full", like), restored_state(cut, like)
-    assert int(a.step) == int(b.step) == 2 * (_generative.QUICK_TRAIN // cfg.batch_size)
+    assert int(a.step) == int(b.step) == 2 * (_generative.QUICK["n_train"] // cfg.batch_size)
     assert_bitwise_equal(a, b)  # step, params, Adam moments (no model state or EMA in this model)
 
 
@@ -117,7 +117,7 @@ def test_a_run_killed_after_training_keeps_old_outputs_with_old_checkpoints(tmp_
     step07_vae.main(cfg)
     before = snapshot(out)
     with monkeypatch.context() as m:  # fails after training, before any output is written
-        m.setattr(step07_vae, "evaluate", lambda *a, **k: (_ for _ in ()).throw(Interrupted()))
+        m.setattr(_generative, "evaluate", lambda *a, **k: (_ for _ in ()).throw(Interrupted()))
         with pytest.raises(Interrupted):
             step07_vae.main(replace(cfg, epochs=3))
     assert {k: v for k, v in snapshot(out).items() if not k.startswith("checkpoints.partial/")} == before
@@ -137,15 +137,14 @@ def test_a_run_killed_after_training_keeps_old_outputs_with_old_checkpoints(tmp_
 def test_shared_helpers_for_the_generative_steps():
     cfg = replace(step07_vae.Config(), quick=True)
     flat, images = _generative.load_images(cfg), _generative.load_images(cfg, flat=False, quick_train=50)
-    assert flat["x_train"].shape == (_generative.QUICK_TRAIN, 784) and images["x_train"].shape == (
+    assert flat["x_train"].shape == (_generative.QUICK["n_train"], 784) and images["x_train"].shape == (
         50,
         28,
         28,
         1,
     )
-    assert images["x_test"].shape == (_generative.QUICK_TEST, 28, 28, 1) and set(images["y_train"]) == set(
-        range(10)
-    )
+    n_test = _generative.QUICK["n_test"]
+    assert images["x_test"].shape == (n_test, 28, 28, 1) and set(images["y_train"]) == set(range(10))
     np.testing.assert_array_equal(images["x_test"].reshape(-1, 784), flat["x_test"])
     x = flat["x_test"][:5]
     mosaic = _generative.grid(x, 2, 3)  # row-major, the sixth cell left black

@@ -21,7 +21,8 @@ import platform
 import time
 from dataclasses import dataclass
 
-from experiments._common import StepOutput, plt
+from experiments._outputs import StepOutput
+from experiments._plots import plt
 
 __all__ = ["SECTIONS", "Config", "environment", "main"]
 
@@ -51,6 +52,7 @@ class Config:
         "only": f"comma-separated subset of sections to run; available: {','.join(SECTIONS)}",
         "repeats": "steady-state calls timed per row (the median is reported); --quick uses fewer",
     }
+    LIMITS = {"repeats": (1000, "each repeat is one more timed call of every row")}
 
 
 def environment() -> dict[str, str | int]:
@@ -109,22 +111,26 @@ def main(config: Config) -> dict:
     ratios = {k: v for k, v in metrics.items() if k.startswith("ratio_") and isinstance(v, int | float)}
     with StepOutput(config) as out:
         if out.plots and ratios:
-            names = list(ratios)
-            fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.5))
-            ax.barh(
-                range(len(names)), [ratios[n] for n in names], color=[_bar_color(n, ratios[n]) for n in names]
-            )
-            ax.set_yticks(range(len(names)), [n.removeprefix("ratio_") for n in names], fontsize=8)
-            ax.axvline(1.0, color="k", lw=1, ls="--", label="1× (equal)")
-            ax.set_xscale("log")
-            ax.invert_yaxis()
-            for i, n in enumerate(names):
-                ax.text(ratios[n], i, f" {ratios[n]:.3g}×", va="center", fontsize=8)
-            ax.set_xlabel(
-                "a_over_b = median time of a / median time of b, same run (log scale); "
-                "green: JAX faster, red: JAX slower"
-            )
-            ax.set_title(f"dlx_jax benchmarks on {metrics['device']}" + (" (quick)" if config.quick else ""))
-            ax.legend(loc="lower right", fontsize=8)
-            out.figure(fig, "ratios")
+            title = f"dlx_jax benchmarks on {metrics['device']}"
+            _ratios_figure(out, ratios, title=title, quick=config.quick)
         return out.finish(metrics)
+
+
+def _ratios_figure(out: StepOutput, ratios: dict[str, float], *, title: str, quick: bool) -> None:
+    """One bar per ratio on a log scale, green where JAX is faster, red where slower."""
+    names = list(ratios)
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.5))
+    ax.barh(range(len(names)), [ratios[n] for n in names], color=[_bar_color(n, ratios[n]) for n in names])
+    ax.set_yticks(range(len(names)), [n.removeprefix("ratio_") for n in names], fontsize=8)
+    ax.axvline(1.0, color="k", lw=1, ls="--", label="1× (equal)")
+    ax.set_xscale("log")
+    ax.invert_yaxis()
+    for i, n in enumerate(names):
+        ax.text(ratios[n], i, f" {ratios[n]:.3g}×", va="center", fontsize=8)
+    ax.set_xlabel(
+        "a_over_b = median time of a / median time of b, same run (log scale); "
+        "green: JAX faster, red: JAX slower"
+    )
+    ax.set_title(title + (" (quick)" if quick else ""))
+    ax.legend(loc="lower right", fontsize=8)
+    out.figure(fig, "ratios")

@@ -1,6 +1,6 @@
 """``python -m experiments.benchmarks``: see :mod:`experiments.benchmarks`."""
 
 from experiments import benchmarks
-from experiments._common import cli
+from experiments._cli import cli
 
 raise SystemExit(cli(benchmarks.Config, benchmarks.main, description=benchmarks.__doc__))
