@@ -4,8 +4,9 @@ benchmarks ``ratio_*`` and ``*_loadavg_*``).
 
     python .ci/compare_metrics.py BEFORE_DIR AFTER_DIR
 
-Prints one line per step (``same``, or the keys that differ with both values) and exits 1 when any step
-differs or is missing on one side.
+Strings that name the output folder (e.g. ``judge_source: reused BEFORE_DIR/cnn``) are compared with
+the folder replaced by ``<OUT>``. Prints one line per step (``same``, or the keys that differ with both
+values) and exits 1 when any step differs or is missing on one side.
 """
 
 from __future__ import annotations
@@ -30,15 +31,20 @@ def without_timings(step: str, value):
 
 
 def main(before: Path, after: Path) -> int:
-    steps = sorted({p.parent.name for p in before.glob("*/metrics.json")} | {p.parent.name for p in after.glob("*/metrics.json")})
+    found = [{p.parent.name for p in folder.glob("*/metrics.json")} for folder in (before, after)]
+    steps = sorted(found[0] | found[1])
     failed = 0
     for step in steps:
         files = [folder / step / "metrics.json" for folder in (before, after)]
         if not all(f.is_file() for f in files):
-            print(f"{step:18s} MISSING in {' and '.join(str(f.parent.parent) for f in files if not f.is_file())}")
+            missing = " and ".join(str(f.parent.parent) for f in files if not f.is_file())
+            print(f"{step:18s} MISSING in {missing}")
             failed += 1
             continue
-        old, new = (without_timings(step, json.loads(f.read_text())) for f in files)
+        old, new = (
+            without_timings(step, json.loads(f.read_text().replace(str(folder.resolve()), "<OUT>")))
+            for f, folder in zip(files, (before, after), strict=True)
+        )
         if old == new:
             print(f"{step:18s} same ({len(old)} non-timing keys)")
             continue

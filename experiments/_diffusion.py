@@ -22,24 +22,15 @@ import numpy as np
 import optax
 
 from dlx_jax import diffusion, training, unet
-from experiments import _diffusion_judge, _generative
+from experiments import _diffusion_judge, _fitting, _generative
+from experiments._quick import QUICK as QUICK_BY_STEP
 
 BOOK_TRAIN_STEPS = 4690  # the book: 10 epochs of 60,000 digits at batch 128 (469 steps each)
 JUDGE_EPOCHS = 15
 NUM_CLASSES = _diffusion_judge.NUM_CLASSES
 
-#: Every ``--quick`` override of steps 9 and 10, in one place: training images kept, test images kept,
-#: epochs, UNet width, samples per guidance scale, FID samples, judge epochs, BatchNorm passes.
-QUICK = {
-    "n_train": 1000,
-    "n_test": 200,
-    "epochs": 2,
-    "features": 8,
-    "num_samples": 20,
-    "fid_samples": 20,
-    "judge_epochs": 3,
-    "bn_recalibration": 5,
-}
+#: Every ``--quick`` override of steps 9 and 10 (their entry in the one table, :mod:`experiments._quick`).
+QUICK = QUICK_BY_STEP["step09_diffusion"]
 
 
 @dataclass(frozen=True)
@@ -147,7 +138,7 @@ def validate(config: DiffusionConfig) -> None:
     """Raise ``ValueError`` for settings that cannot work (before anything is computed or written),
     including a ``--judge`` folder the run could not use (:func:`_diffusion_judge.reusable_judge`).
 
-    The steps call :func:`experiments._common.check_checkpoints` after their own checks."""
+    The steps call :func:`experiments._fitting.check_checkpoints` after their own checks."""
     _generative.validate_config(
         config,
         positive=("train_steps", "batch_size", "features", "num_samples", "sample_batch", "ddim_steps"),
@@ -246,7 +237,7 @@ def train(
         fields=("num_timesteps", "beta_start", "beta_end", "ema_decay", "ema_warmup"),
         **fingerprint,
     )
-    state, history, seconds = _generative.train(
+    state, history, seconds = _fitting.train(
         config, key_fit, state, train_set, epoch_fn=epoch_fn, epochs=epochs, fingerprint=full_fingerprint
     )
     info = {
@@ -281,19 +272,18 @@ def recalibrate_batch_stats(
     x_all, y_all = jnp.asarray(data["x_train"]), jnp.asarray(data["y_train"])
     n = min(config.batch_size, len(x_all))
 
-    @jax.jit
-    def one_pass(stats, k):
+    def noisy_batch(k: jax.Array) -> tuple[jax.Array, ...]:
         k_idx, k_t, k_eps = jax.random.split(k, 3)
         idx = jax.random.choice(k_idx, len(x_all), (n,), replace=False)
         t = diffusion.sample_timesteps(k_t, sched, n=n)
         xt, _ = diffusion.q_sample(k_eps, sched, x_all[idx], t)
         labels = y_all[idx] if model.num_labels else None
         mask = jnp.ones((n,), jnp.float32) if model.num_labels else None
-        return apply_fn(params, stats, xt, t, labels, mask, train=True)[1]
+        return xt, t, labels, mask
 
-    for i in range(run_sizes(config).bn_recalibration):
-        batch_stats = one_pass(batch_stats, jax.random.fold_in(key, i))
-    return batch_stats
+    stats_fn = jax.jit(training.make_stats_fn(apply_fn, noisy_batch))
+    passes = run_sizes(config).bn_recalibration
+    return training.recalibrate_batch_stats(key, stats_fn, params, batch_stats, num_passes=passes)
 
 
 def training_metrics(

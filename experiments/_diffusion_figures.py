@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from experiments import _generative
-from experiments._common import StepOutput, plt
+from experiments._outputs import StepOutput
+from experiments._plots import plt
 
 
 def show_grid(out: StepOutput, images: np.ndarray, rows: int, cols: int, title: str, name: str, **kw) -> None:

@@ -30,7 +30,6 @@ import optax
 from dlx_jax import training, vae
 from dlx_jax.data import load_dataset, to_float_images
 from experiments import _cli, _fitting, _quick
-from experiments._fitting import train  # noqa: F401  (for _diffusion.py until the merge: use _fitting.train)
 from experiments._outputs import StepOutput
 from experiments._plots import plt
 

@@ -16,6 +16,16 @@ from typing import Any
 __all__ = ["QUICK", "cap"]
 
 _VAE_FAMILY = {"n_train": 1000, "n_test": 200, "epochs": 3, "iwae_k": 16}
+_DIFFUSION = {
+    "n_train": 1000,
+    "n_test": 200,
+    "epochs": 2,
+    "features": 8,
+    "num_samples": 20,
+    "fid_samples": 20,
+    "judge_epochs": 3,
+    "bn_recalibration": 5,
+}
 
 QUICK: dict[str, dict[str, int]] = {
     "step01_normal": {"trials": 2000},
@@ -27,6 +37,10 @@ QUICK: dict[str, dict[str, int]] = {
     "cnn": {"n_train": 2000, "n_test": 500, "epochs": 3},
     "step07_vae": _VAE_FAMILY,
     "step08_hvae": _VAE_FAMILY,
+    # steps 9-10: images kept, epochs, UNet width, samples per guidance scale, FID samples, judge
+    # epochs, BatchNorm re-estimation passes (caps, except judge_epochs, which replaces --judge-epochs)
+    "step09_diffusion": _DIFFUSION,
+    "step10_guidance": _DIFFUSION,
 }
 
 

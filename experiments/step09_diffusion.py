@@ -24,7 +24,10 @@ import numpy as np
 
 from dlx_jax import diffusion
 from experiments import _diffusion, _diffusion_figures, _diffusion_judge, _diffusion_sampling
-from experiments._common import StepOutput, check_checkpoints, cli, plt
+from experiments._cli import cli
+from experiments._fitting import check_checkpoints
+from experiments._outputs import StepOutput
+from experiments._plots import plt
 
 BOOK_FINAL_LOSS = 0.0181
 

@@ -26,7 +26,10 @@ import jax
 import numpy as np
 
 from experiments import _diffusion, _diffusion_figures, _diffusion_judge, _diffusion_sampling
-from experiments._common import StepOutput, check_checkpoints, cli, plt
+from experiments._cli import cli
+from experiments._fitting import check_checkpoints
+from experiments._outputs import StepOutput
+from experiments._plots import plt
 
 NUM_CLASSES = _diffusion.NUM_CLASSES
 BOOK_FINAL_LOSS = 0.0176  # the book's CFG model (conditional without dropping: 0.0178)

@@ -24,7 +24,7 @@ import pytest
 from dlx_jax import _checks, cnn, data, distributions, hvae, mixture, nn, vae
 from dlx_jax.mixture import _model as mixture_model
 from experiments import step02_mle, step03_mvn
-from experiments._common import cli
+from experiments._cli import cli
 
 KEY = jax.random.key(0)
 F32 = np.float32

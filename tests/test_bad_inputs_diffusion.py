@@ -20,7 +20,7 @@ import pytest
 
 from dlx_jax import diffusion
 from experiments import _diffusion, step09_diffusion, step10_guidance
-from experiments._common import cli
+from experiments._cli import cli
 
 KEY = jax.random.key(0)
 SHAPE = (2, 4, 4, 1)

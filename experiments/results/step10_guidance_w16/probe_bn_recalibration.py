@@ -11,17 +11,17 @@ import numpy as np
 import optax
 
 from dlx_jax import diffusion, training, unet
-from experiments import _diffusion as D
+from experiments import _diffusion, _diffusion_judge, _diffusion_sampling
 from experiments.step10_guidance import Config
 
 cfg = replace(Config(), features=16, out=sys.argv[1], fid_samples=100, judge="auto")
-model = D.build_model(cfg, conditional=True)
+model = _diffusion.build_model(cfg, conditional=True)
 params, bs = unet.init(jax.random.key(0), model)
 like = training.init_state(params, optax.adam(1e-3), model_state=bs, ema=True)
 state, meta = training.restore_checkpoint(sys.argv[1] + "/checkpoints", like)
 print("restored epoch", meta["epoch"], int(state.step))
-data = D.load_images(cfg)
-judge, info = D.train_judge(cfg, data, jax.random.key(5))
+data = _diffusion.load_images(cfg)
+judge, info = _diffusion_judge.train_judge(cfg, data, jax.random.key(5), epochs=15)
 print(info)
 apply_fn = unet.make_apply_fn(model)
 
@@ -30,7 +30,7 @@ apply_fn = unet.make_apply_fn(model)
 @jax.jit
 def bn_pass(stats, key, x0, y):
     kt, ke = jax.random.split(key)
-    sched = D.schedule(cfg)
+    sched = _diffusion.schedule(cfg)
     t = diffusion.sample_timesteps(kt, sched, n=x0.shape[0])
     xt, _ = diffusion.q_sample(ke, sched, x0, t)
     _, new = apply_fn(state.ema_params, stats, xt, t, y, jnp.ones(x0.shape[0]), train=True)
@@ -50,7 +50,7 @@ for name, p, s in (
     ("raw+running", state.params, state.model_state),
     ("ema+recomputed", state.ema_params, stats2),
 ):
-    xs, sec = D.sample(
+    xs, _, sec = _diffusion_sampling.sample(
         replace(cfg, sample_batch=200),
         model,
         p,
@@ -58,10 +58,11 @@ for name, p, s in (
         jax.random.key(7),
         n=n,
         kind="ddim",
+        condition="guided",
         labels=labels,
         gamma=3.0,
     )
-    feats, preds = D.judge_outputs(judge, xs)
+    feats, preds = _diffusion_judge.judge_outputs(judge, xs)
     print(
         name,
         "acc",
