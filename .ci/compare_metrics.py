@@ -1,8 +1,8 @@
 """Compare two output folders of ``python -m experiments``: every step's ``metrics.json`` must be equal
-apart from timings (the keys that ``tests/test_determinism.py`` names: ``*_seconds``/``*_s``, and in the
-benchmarks ``ratio_*`` and ``*_loadavg_*``).
+apart from timings (``experiments._outputs.is_timing``: ``*_seconds``/``*_s``, and in the benchmarks
+``ratio_*`` and ``*_loadavg_*``; the rule ``tests/test_determinism.py`` applies).
 
-    python .ci/compare_metrics.py BEFORE_DIR AFTER_DIR
+    uv run python .ci/compare_metrics.py BEFORE_DIR AFTER_DIR
 
 Strings that name the output folder (e.g. ``judge_source: reused BEFORE_DIR/cnn``) are compared with
 the folder replaced by ``<OUT>``. Prints one line per step (``same``, or the keys that differ with both
@@ -15,19 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-
-def is_timing(step: str, key: str) -> bool:
-    if key.endswith(("_seconds", "_s")):
-        return True
-    return step == "benchmarks" and (key.startswith("ratio_") or "_loadavg_" in key)
-
-
-def without_timings(step: str, value):
-    if isinstance(value, dict):
-        return {k: without_timings(step, v) for k, v in value.items() if not is_timing(step, k)}
-    if isinstance(value, list):
-        return [without_timings(step, v) for v in value]
-    return value
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from experiments._outputs import without_timings  # noqa: E402  (the project's own notion of a timing)
 
 
 def main(before: Path, after: Path) -> int:

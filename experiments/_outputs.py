@@ -35,8 +35,10 @@ __all__ = [
     "check_finite",
     "check_out_dir",
     "exists",
+    "is_timing",
     "run_lock",
     "to_jsonable",
+    "without_timings",
     "write_json",
     "write_text",
 ]
@@ -48,6 +50,24 @@ _MANIFEST_NOTE = "what the last run of this step wrote here; the next run remove
 
 
 # --- JSON ----------------------------------------------------------------------------------------
+
+
+def is_timing(step: str, key: str) -> bool:
+    """Whether metric ``key`` of ``step`` is a timing, the only kind of metric that may differ between
+    two runs with the same seed: keys ending in ``_seconds`` or ``_s``, and in the benchmarks the
+    ``ratio_*`` keys (ratios of timings) and the ``*_loadavg_*`` keys (the load beside them)."""
+    if key.endswith(("_seconds", "_s")):
+        return True
+    return step == "benchmarks" and (key.startswith("ratio_") or "_loadavg_" in key)
+
+
+def without_timings(step: str, value: Any) -> Any:
+    """``value`` (metrics, or anything inside them) with every timing key (:func:`is_timing`) left out."""
+    if isinstance(value, dict):
+        return {k: without_timings(step, v) for k, v in value.items() if not is_timing(step, k)}
+    if isinstance(value, list):
+        return [without_timings(step, v) for v in value]
+    return value
 
 
 def to_jsonable(value: Any) -> Any:

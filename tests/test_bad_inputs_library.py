@@ -641,7 +641,7 @@ CASES = [
     (
         "sample_timesteps n=0",
         lambda: dif.sample_timesteps(KEY, schedule(), n=0),
-        r"n must be an int >= 1 \(static\), got 0; pass the batch size",
+        r"n must be an int >= 1 \(static\), got 0",
         r"pass e\.g\. n=len\(x0\)",
     ),
     (

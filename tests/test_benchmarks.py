@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from experiments import benchmarks
+from experiments._outputs import without_timings
 from experiments.benchmarks._timing import Timing, ratio, time_call
 
 
@@ -33,10 +34,16 @@ def test_time_call_separates_first_call_and_blocks():
     assert jitted.compile_s > jitted.median_s
 
 
-def test_benchmarks_quick(tmp_path):
+def test_benchmarks_quick_contract_and_a_repeat_gives_the_same_metrics(tmp_path):
+    """One quick run checks the contract; a second with the same seed must give the same metrics
+    apart from timings (the benchmarks' case of ``tests/test_determinism.py``)."""
     metrics = benchmarks.main(replace(benchmarks.Config(), out=str(tmp_path), quick=True))
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk == metrics
+    config = replace(benchmarks.Config(), out=str(tmp_path / "again"), quick=True, plots=False)
+    again = benchmarks.main(config)
+    assert without_timings("benchmarks", again) == without_timings("benchmarks", metrics)
+    assert len(without_timings("benchmarks", metrics)) >= 3
     for key in (
         "ratio_mvn_logpdf_scipy_over_jax",
         "ratio_em_sklearn_over_jax",

@@ -498,3 +498,35 @@ def test_zero_passes_return_the_statistics_and_bad_counts_raise(bn_model):
         match = r"num_passes must be a non-negative integer.*pass e\.g\. num_passes="
         with pytest.raises(ValueError, match=match):
             training.recalibrate_batch_stats(key, stats_fn, params, model_state, num_passes=bad)
+
+
+def test_a_sigint_during_a_checkpoint_save_is_raised_once_the_checkpoint_is_complete(
+    problem, key, tmp_path, monkeypatch
+):
+    """A real Ctrl-C (SIGINT) that lands while orbax writes used to be swallowed by orbax's event loop
+    and the run went on; it is now held until the checkpoint is complete and then raised."""
+    import os
+    import signal
+
+    from dlx_jax.training import _checkpoints
+
+    data, state, _, epoch = problem
+    ckpt, partial = tmp_path / "ckpt", tmp_path / "ckpt.partial"
+    to_tree = _checkpoints._to_tree
+    saves = []
+
+    def sigint_in_save(s):
+        saves.append(1)
+        if len(saves) == 2:  # inside epoch 2's save
+            os.kill(os.getpid(), signal.SIGINT)
+        return to_tree(s)
+
+    monkeypatch.setattr(_checkpoints, "_to_tree", sigint_in_save)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(key, state, data, epoch_fn=epoch, epochs=3, checkpoint_dir=ckpt, progress=False)
+    monkeypatch.undo()
+    assert len(saves) == 2 and training.latest_checkpoint(partial) == 2  # epoch 2 was written in full
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+    resumed, _ = training.fit(key, state, data, epoch_fn=epoch, epochs=3, checkpoint_dir=ckpt, resume=True,
+                              progress=False)  # fmt: skip
+    _leaves_equal(resumed, training.fit(key, state, data, epoch_fn=epoch, epochs=3, progress=False)[0])

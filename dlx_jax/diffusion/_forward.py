@@ -98,7 +98,7 @@ def sample_timesteps(key: PRNGKeyArray, schedule: Schedule, *, n: int) -> Int[Ar
         ``(n,)`` int32 timesteps.
     """
     num_steps = check_schedule(schedule)
-    check_positive_int("n", n, fix="pass the batch size, e.g. n=len(x0)", static=True)
+    check_positive_int("n", n, fix="pass e.g. n=len(x0) (the batch size)", static=True)
     return jax.random.randint(key, (int(n),), 1, num_steps + 1, dtype=jnp.int32)
 
 

@@ -124,7 +124,7 @@ def label_drop_mask(
         ValueError: unknown ``mode``, ``n < 1``, or ``p`` outside ``[0, 1]`` when concrete.
     """
     check_drop(p, mode)
-    check_positive_int("n", n, fix="pass the batch size, e.g. n=len(x0)", static=True)
+    check_positive_int("n", n, fix="pass e.g. n=len(x0) (the batch size)", static=True)
     draw_shape = () if mode == "batch" else (int(n),)
     drop = jax.random.bernoulli(key, p, draw_shape)
     return jnp.broadcast_to(jnp.where(drop, 0, 1).astype(dtype), (int(n),))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,11 +41,38 @@ def _to_tree(state: TrainState) -> dict[str, Any]:
     return tree
 
 
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block is done, then raise it.
+
+    Orbax writes a checkpoint through threads and an event loop that catch a ``KeyboardInterrupt``
+    raised in the middle of a save: the interrupt was lost and the run went on to the end. Deferred,
+    the checkpoint is completed and the interrupt is raised right after it. Only in the main thread
+    (where Python handles signals) and only while Python's own handler is installed.
+    """
+    if threading.current_thread() is not threading.main_thread() or not callable(
+        signal.getsignal(signal.SIGINT)
+    ):
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def save_checkpoint(directory: str | Path, epoch: int, state: TrainState, meta: Mapping[str, Any]) -> None:
-    """Save ``state`` (orbax ``StandardSave``) and JSON ``meta`` as checkpoint number ``epoch``."""
+    """Save ``state`` (orbax ``StandardSave``) and JSON ``meta`` as checkpoint number ``epoch``.
+
+    A Ctrl-C during the save is raised once the checkpoint is complete (:func:`interrupts_deferred`).
+    """
     import orbax.checkpoint as ocp
 
-    with _manager(Path(directory)) as mngr:
+    with interrupts_deferred(), _manager(Path(directory)) as mngr:
         mngr.save(
             epoch,
             args=ocp.args.Composite(
