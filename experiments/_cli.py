@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments import _outputs
+from experiments import _fitting, _outputs
 
 __all__ = [
     "COMMON_HELP",
@@ -230,7 +230,7 @@ def cli(
     start = time.perf_counter()
     try:
         check_config(config)
-        with _outputs.run_lock(config.out):
+        with _outputs.run_lock(config.out), _fitting.interrupts_remembered():
             metrics = main(config)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

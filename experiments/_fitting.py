@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -20,7 +22,7 @@ import jax
 from dlx_jax import training
 from experiments import _outputs
 
-__all__ = ["check_checkpoints", "checkpoint_errors", "train"]
+__all__ = ["check_checkpoints", "checkpoint_errors", "interrupts_remembered", "train"]
 
 
 def _resume_source(out: Path) -> Path | None:
@@ -89,6 +91,46 @@ def checkpoint_errors() -> Iterator[None]:
             sys.unraisablehook = previous
 
 
+_INTERRUPTED = threading.Event()
+
+
+@contextlib.contextmanager
+def interrupts_remembered() -> Iterator[None]:
+    """Ctrl-C raises ``KeyboardInterrupt`` as usual and is also remembered for the run.
+
+    A ``KeyboardInterrupt`` that lands in code which swallows it (a finalizer, a library's callback
+    or event loop) was lost and the run went on to the end; :func:`train` raises it again before its
+    next epoch, once the last epoch's checkpoint is complete. :func:`experiments._cli.cli` wraps
+    every step in it; elsewhere (tests, the library) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        _INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    _INTERRUPTED.clear()
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _INTERRUPTED.clear()
+
+
+def _stops_when_interrupted(epoch_fn: Callable) -> Callable:
+    """``epoch_fn`` that first raises a remembered Ctrl-C (:func:`interrupts_remembered`)."""
+
+    def epoch(*args: Any) -> Any:
+        if _INTERRUPTED.is_set():
+            raise KeyboardInterrupt
+        return epoch_fn(*args)
+
+    return epoch
+
+
 def train(
     config: Any,
     key: jax.Array,
@@ -117,7 +159,7 @@ def train(
             key,
             state,
             data,
-            epoch_fn=epoch_fn,
+            epoch_fn=_stops_when_interrupted(epoch_fn),
             epochs=epochs,
             checkpoint_dir=Path(config.out) / "checkpoints",
             resume=bool(getattr(config, "resume", False)),
