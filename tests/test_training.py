@@ -522,11 +522,16 @@ def test_a_sigint_during_a_checkpoint_save_is_raised_once_the_checkpoint_is_comp
         return to_tree(s)
 
     monkeypatch.setattr(_checkpoints, "_to_tree", sigint_in_save)
-    with pytest.raises(KeyboardInterrupt):
-        training.fit(key, state, data, epoch_fn=epoch, epochs=3, checkpoint_dir=ckpt, progress=False)
+    # Python's own handler, whatever an earlier test in this process (or an import) installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            training.fit(key, state, data, epoch_fn=epoch, epochs=3, checkpoint_dir=ckpt, progress=False)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+    finally:
+        signal.signal(signal.SIGINT, previous)
     monkeypatch.undo()
     assert len(saves) == 2 and training.latest_checkpoint(partial) == 2  # epoch 2 was written in full
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
     resumed, _ = training.fit(key, state, data, epoch_fn=epoch, epochs=3, checkpoint_dir=ckpt, resume=True,
                               progress=False)  # fmt: skip
     _leaves_equal(resumed, training.fit(key, state, data, epoch_fn=epoch, epochs=3, progress=False)[0])
