@@ -1,6 +1,7 @@
 """What steps 9 and 10 share: the config and its checks, the sizes a run uses (``--quick``: their row of
 :mod:`experiments._quick`), the data, and the UNet trained through ``dlx_jax.training`` (with the
-BatchNorm re-estimation its averaged weights need, ``training.recalibrate_batch_stats``). Sampling lives in :mod:`experiments._diffusion_sampling`, the judge and the Fréchet
+BatchNorm re-estimation its averaged weights need, ``training.recalibrate_batch_stats``).
+Sampling lives in :mod:`experiments._diffusion_sampling`, the judge and the Fréchet
 distances in :mod:`experiments._diffusion_judge`, shared figures in
 :mod:`experiments._diffusion_figures`.
 
