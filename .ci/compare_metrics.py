@@ -4,19 +4,27 @@ apart from timings (``experiments._outputs.is_timing``: ``*_seconds``/``*_s``, a
 
     uv run python .ci/compare_metrics.py BEFORE_DIR AFTER_DIR
 
-Strings that name the output folder (e.g. ``judge_source: reused BEFORE_DIR/cnn``) are compared with
-the folder replaced by ``<OUT>``. Prints one line per step (``same``, or the keys that differ with both
+Paths to a step's folder inside strings (e.g. ``judge_source: reused BEFORE_DIR/cnn``) are compared as
+``<OUT>/cnn``. Prints one line per step (``same``, or the keys that differ with both
 values) and exits 1 when any step differs or is missing on one side.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments._outputs import without_timings  # noqa: E402  (the project's own notion of a timing)
+
+
+def _masked(text: str, steps: list[str]) -> str:
+    """``text`` with every path to a step's folder (``/any/where/cnn``) written as ``<OUT>/cnn``."""
+    for name in steps:
+        text = re.sub(r"[^\s'\"]*/" + re.escape(name) + r"\b", "<OUT>/" + name, text)
+    return text
 
 
 def main(before: Path, after: Path) -> int:
@@ -30,10 +38,7 @@ def main(before: Path, after: Path) -> int:
             print(f"{step:18s} MISSING in {missing}")
             failed += 1
             continue
-        old, new = (
-            without_timings(step, json.loads(f.read_text().replace(str(folder.resolve()), "<OUT>")))
-            for f, folder in zip(files, (before, after), strict=True)
-        )
+        old, new = (without_timings(step, json.loads(_masked(f.read_text(), steps))) for f in files)
         if old == new:
             print(f"{step:18s} same ({len(old)} non-timing keys)")
             continue
