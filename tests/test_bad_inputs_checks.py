@@ -1,4 +1,4 @@
-"""Issue 13's hostile inputs for the shared checks, the library and ``--data`` files: each gives ONE
+"""Hostile inputs for the shared checks, the library and ``--data`` files: each gives ONE
 ``ValueError`` (or an ``error:`` line on the command line) that names the problem and the fix.
 
 Also: every check lives once, in :mod:`dlx_jax._checks` (``is_concrete``, the label range, the

@@ -1,4 +1,4 @@
-"""What a hostile but realistic user still broke in steps 9-10 and the samplers (issue 13): each is one
+"""What a hostile but realistic user still broke in steps 9-10 and the samplers: each is one
 clear error naming the problem and the fix, found before anything trains, leaving nothing behind.
 
 Library cases call ``dlx_jax.diffusion`` directly; CLI cases run a step's ``cli`` in-process and check

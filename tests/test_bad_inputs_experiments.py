@@ -1,4 +1,4 @@
-"""What a hostile but realistic user still broke in the experiments (issue 13): Ctrl-C during
+"""What a hostile but realistic user still broke in the experiments: Ctrl-C during
 training, size options larger than memory, a folder name longer than the file system takes, and
 two runs writing into one ``--out`` folder. Each is one clear line (``error:`` with the problem and
 the fix, exit code 2; or the Ctrl-C line, exit code 130), no traceback, and an ``--out`` folder
