@@ -65,6 +65,14 @@ class DiffusionConfig:
     epoch_mode: str = "stepped"
     resume: bool = False
 
+    # size options: at most what a run can hold in memory (checked by experiments._cli.check_config)
+    LIMITS = {
+        "num_samples": (200_000, "the samples and their 1,600 judge features per image are kept in memory"),
+        "fid_samples": (200_000, "the samples and their 1,600 judge features per image are kept in memory"),
+        "sample_batch": (10_000, "one compiled sampling call holds the UNet's activations for the batch"),
+        "features": (512, "the UNet has about 530 × FEATURES² parameters, three copies with Adam and EMA"),
+    }
+
 
 COMMON_HELP = {
     "dataset": "mnist-5k (embedded, 4,000/1,000), mnist or fashion-mnist (60,000/10,000, --data-dir)",

@@ -167,6 +167,19 @@ def test_step10_with_fewer_samples_than_classes_is_refused_up_front(tmp_path, ca
 
 
 @pytest.mark.parametrize(
+    ("flag", "maximum"),
+    [("--num-samples", "200,000"), ("--fid-samples", "200,000"), ("--sample-batch", "10,000"),
+     ("--features", "512")],
+)  # fmt: skip
+@pytest.mark.parametrize("module", [step09_diffusion, step10_guidance])
+def test_a_size_beyond_memory_is_one_error_before_training(
+    module, flag, maximum, tmp_path, capsys, no_training
+):
+    line = _error_line(module, ["--quick", flag, "2147483647"], tmp_path, capsys)
+    assert re.search(rf"{flag} 2147483647 is too large for this step .*; pass {flag} {maximum} or less", line)
+
+
+@pytest.mark.parametrize(
     ("config", "problem"),
     [
         ('{"dataset": "mnist-5k"}', r"params cannot be read as the CNN's parameters"),
