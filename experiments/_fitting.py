@@ -3,7 +3,9 @@
 * :func:`check_checkpoints` — before any computation, ``OUT/checkpoints`` and
   ``OUT/checkpoints.partial`` must be folders; ``--resume`` with nothing to resume says so once;
 * :func:`train` — ``training.fit`` into ``OUT/checkpoints`` (``--resume`` aware), timed;
-* :func:`checkpoint_errors` — keeps orbax's after-noise of a failed restore off stderr.
+* :func:`checkpoint_errors` — keeps orbax's after-noise of a failed restore off stderr;
+* :func:`data_mesh` — the device mesh a step trains on (``--devices``), after joining a
+  multi-process run (``--coordinator``, ``--num-processes``, ``--process-id``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,47 @@ import jax
 from dlx_jax import training
 from experiments import _outputs
 
-__all__ = ["check_checkpoints", "checkpoint_errors", "interrupts_remembered", "train"]
+__all__ = [
+    "MESH_HELP",
+    "check_checkpoints",
+    "checkpoint_errors",
+    "data_mesh",
+    "interrupts_remembered",
+    "mesh_fingerprint",
+    "train",
+]
+
+MESH_HELP = {
+    "devices": "devices of the data mesh (default: all JAX sees); each trains on an equal share of every "
+    "batch, so the batch size must divide by it",
+    "coordinator": "multi-process run: HOST:PORT of process 0 (with --num-processes and --process-id)",
+    "num_processes": "multi-process run: how many processes take part",
+    "process_id": "multi-process run: this process's number, 0 .. num-processes - 1 (0 writes the outputs)",
+}
+
+
+def data_mesh(config: Any):
+    """The 1-D data mesh of ``config.devices`` devices (all when ``None``), after joining the
+    multi-process run that ``config`` names, if any (see :mod:`dlx_jax.training._mesh`).
+
+    Call it before any other JAX computation of the step (a process joins a run only then).
+
+    Raises:
+        ValueError: bad multi-process settings, or more devices than JAX sees.
+    """
+    training.initialize_distributed(
+        getattr(config, "coordinator", None),
+        getattr(config, "num_processes", None),
+        getattr(config, "process_id", None),
+    )
+    return training.data_mesh(getattr(config, "devices", None))
+
+
+def mesh_fingerprint(mesh: Any) -> dict[str, int]:
+    """The resume fingerprint's share of the mesh: ``{"devices": D}`` when ``D > 1`` (the order of
+    floating-point sums then differs from one device), else nothing (one device changes no number)."""
+    n = int(mesh.devices.size)
+    return {"devices": n} if n > 1 else {}
 
 
 def _resume_source(out: Path) -> Path | None:

@@ -178,24 +178,31 @@ def params_latent_dim(params: Any) -> int:
 
 
 @functools.lru_cache(maxsize=8)
-def compiled_epoch(model: ModuleType, lr: float, batch_size: int) -> tuple[optax.GradientTransformation, Any]:
-    """``(optimizer, jit(epoch))`` for the book's loss; cached so repeated runs reuse the compilation."""
+def compiled_epoch(
+    model: ModuleType, lr: float, batch_size: int, mesh: Any = None
+) -> tuple[optax.GradientTransformation, Any]:
+    """``(optimizer, jit(epoch))`` for the book's loss on ``mesh`` (data parallel; ``None``: no mesh);
+    cached so repeated runs reuse the compilation."""
     optimizer = optax.adam(lr)
     step = training.make_train_step(model.book_loss, optimizer)
-    return optimizer, jax.jit(training.make_epoch_fn(step, batch_size=batch_size))
+    return optimizer, jax.jit(training.make_epoch_fn(step, batch_size=batch_size, mesh=mesh))
 
 
 def train_model(
-    config: Any, model: ModuleType, params: Any, x_train: np.ndarray, key: jax.Array
+    config: Any, model: ModuleType, params: Any, x_train: np.ndarray, key: jax.Array, *, mesh: Any
 ) -> tuple[Any, dict[str, list], float]:
-    """Train with the book's loss and Adam; ``(params, history, seconds)`` (see :func:`_fitting.train`)."""
+    """Train with the book's loss and Adam on ``mesh`` (state and data replicated, every batch
+    sharded over the devices); ``(params, history, seconds)`` (see :func:`_fitting.train`)."""
     epochs, _ = sizes(config)
-    optimizer, epoch_fn = compiled_epoch(model, config.lr, config.batch_size)
+    optimizer, epoch_fn = compiled_epoch(model, config.lr, config.batch_size, mesh)
+    state, data, key = training.replicate(
+        (training.init_state(params, optimizer), np.asarray(x_train), key), mesh
+    )
     state, history, seconds = _fitting.train(
         config,
         key,
-        training.init_state(params, optimizer),
-        jnp.asarray(x_train),
+        state,
+        data,
         epoch_fn=epoch_fn,
         epochs=epochs,
         fingerprint=fingerprint(
@@ -203,6 +210,7 @@ def train_model(
             model=model.__name__.rsplit(".", 1)[-1],
             n_train=len(x_train),
             fields=("latent_dim", "hidden_dim"),
+            **_fitting.mesh_fingerprint(mesh),
         ),
     )
     return state.params, history, seconds

@@ -44,6 +44,10 @@ class Config:
     batch_size: int = 128
     lr: float = 1e-3
     resume: bool = False
+    devices: int | None = None
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
 
     SUMMARY = ("test_accuracy", "backend", "dataset", "epoch_seconds")
     HELP = {
@@ -54,6 +58,7 @@ class Config:
         "batch_size": "examples per Adam step",
         "lr": "Adam learning rate",
         "resume": "continue from OUT/checkpoints (same settings) instead of starting over (jax backend)",
+        **_fitting.MESH_HELP,
     }
     CHOICES = {"backend": ["jax", "numpy"], "dataset": ["mnist-5k", "mnist", "fashion-mnist"]}
 
@@ -103,6 +108,8 @@ def _validate(config: Config):
         raise ValueError(f"--lr must be > 0, got {config.lr}")
     if config.resume and config.backend != "jax":
         raise ValueError("--resume needs --backend jax (the numpy reference keeps no checkpoints)")
+    if config.backend != "jax" and (config.devices not in (None, 1) or config.coordinator is not None):
+        raise ValueError("--devices and the multi-process flags need --backend jax (numpy runs on one CPU)")
     if config.backend == "jax":
         _fitting.check_checkpoints(config)
     ds = load_dataset(config.dataset, data_dir=config.data_dir)
@@ -122,9 +129,10 @@ def _validate(config: Config):
     return x_train, y_train, x_test, y_test
 
 
-def _train_jax(config: Config, epochs: int, x_train, y_train, x_test, y_test, progress):
-    """Train through ``dlx_jax.training.fit`` (:func:`experiments._fitting.train`); the epoch is
-    compiled ahead (``compile_s`` apart)."""
+def _train_jax(config: Config, epochs: int, x_train, y_train, x_test, y_test, progress, *, mesh):
+    """Train through ``dlx_jax.training.fit`` (:func:`experiments._fitting.train`) on ``mesh``
+    (data parallel: state replicated, batches sharded); the epoch is compiled ahead (``compile_s``
+    apart)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -135,10 +143,12 @@ def _train_jax(config: Config, epochs: int, x_train, y_train, x_test, y_test, pr
     key_init, key_train = jax.random.split(jax.random.key(config.seed))
     optimizer = optax.adam(config.lr)
     state = training.init_state(cnn.init_params(key_init), optimizer)
-    data = (jnp.asarray(to_float_images(x_train)), jnp.asarray(y_train, jnp.int32))
+    data = (to_float_images(x_train), np.asarray(y_train, np.int32))
+    state, data, key_train = training.replicate((state, data, key_train), mesh)
     xt = jnp.asarray(to_float_images(x_test))
     step = training.make_train_step(cnn.train_loss, optimizer)
-    epoch_jit = jax.jit(training.make_epoch_fn(step, batch_size=config.batch_size), donate_argnums=1)
+    epoch_fn = training.make_epoch_fn(step, batch_size=config.batch_size, mesh=mesh)
+    epoch_jit = jax.jit(epoch_fn, donate_argnums=1)
     predict = jax.jit(lambda p, x: cnn.predict(p, x, batch_size=500))
     start = time.perf_counter()
     epoch_fn = epoch_jit.lower(key_train, state, data).compile()
@@ -157,6 +167,7 @@ def _train_jax(config: Config, epochs: int, x_train, y_train, x_test, y_test, pr
         "batch_size": config.batch_size,
         "lr": config.lr,
         "seed": config.seed,
+        **_fitting.mesh_fingerprint(mesh),
     }
     state, history, _ = _fitting.train(
         config,
@@ -178,7 +189,7 @@ def _train_jax(config: Config, epochs: int, x_train, y_train, x_test, y_test, pr
     return state.params, curves, preds, compile_s
 
 
-def _train_numpy(config: Config, epochs: int, x_train, y_train, x_test, y_test, progress):
+def _train_numpy(config: Config, epochs: int, x_train, y_train, x_test, y_test, progress, *, mesh=None):
     from dlx_jax.data import to_float_images
     from reference_numpy import cnn as ref_cnn
     from reference_numpy import train as ref_train
@@ -245,9 +256,17 @@ def main(config: Config) -> dict:
     check_config(config)
     x_train, y_train, x_test, y_test = _validate(config)
     epochs = _quick.cap(config, config.epochs, QUICK["epochs"])
+    mesh = None
+    if config.backend == "jax":
+        from dlx_jax import training
+
+        mesh = _fitting.data_mesh(config)
+        training.check_divides(config.batch_size, mesh)
     with _progress_bar(config, epochs) as progress:
         train = _train_jax if config.backend == "jax" else _train_numpy
-        params, history, preds, compile_s = train(config, epochs, x_train, y_train, x_test, y_test, progress)
+        params, history, preds, compile_s = train(
+            config, epochs, x_train, y_train, x_test, y_test, progress, mesh=mesh
+        )
 
     import jax.numpy as jnp
 

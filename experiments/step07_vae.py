@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from dlx_jax import vae
+from dlx_jax import training, vae
 from dlx_jax.data import batch_indices
 from experiments import _fitting, _generative
 from experiments._cli import cli
@@ -45,6 +45,10 @@ class Config:
     hidden_dim: int = 200
     iwae_k: int = 500
     resume: bool = False
+    devices: int | None = None
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
     compare_torch: str = "auto"
 
     SUMMARY = ("test_loss", "test_neg_elbo_nats", "test_iwae_nats", "final_loss_relative_gap")
@@ -58,6 +62,7 @@ class Config:
         "hidden_dim": "hidden units of encoder and decoder (book: 200)",
         "iwae_k": "importance samples per test image for the IWAE bound (--quick caps it at 16)",
         "resume": "continue from OUT/checkpoints (same settings) instead of starting over",
+        **_fitting.MESH_HELP,
         "compare_torch": "train the book's PyTorch model alongside: auto = when torch is installed "
         "and not --quick",
     }
@@ -130,11 +135,15 @@ def main(config: Config) -> dict:
     _generative.validate_config(config)
     with_torch = _torch_wanted(config)
     _fitting.check_checkpoints(config)
+    mesh = _fitting.data_mesh(config)  # before any other JAX work (a process joins a run only then)
+    training.check_divides(config.batch_size, mesh)
     data = _generative.load_images(config)
 
     key_init, key_train, key_eval, key_plot = jax.random.split(jax.random.key(config.seed), 4)
     params0 = _generative.init_jit(vae, key_init, hidden_dim=config.hidden_dim, latent_dim=config.latent_dim)
-    params, history, train_s = _generative.train_model(config, vae, params0, data["x_train"], key_train)
+    params, history, train_s = _generative.train_model(
+        config, vae, params0, data["x_train"], key_train, mesh=mesh
+    )
     metrics = _metrics(config, data, params, history, train_s, key_eval)
     curves = {"JAX (dlx_jax)": history["loss"]}
     if with_torch:

@@ -16,7 +16,7 @@ from typing import Any
 
 import jax
 
-from dlx_jax import hvae
+from dlx_jax import hvae, training
 from experiments import _fitting, _generative
 from experiments._cli import cli
 from experiments._outputs import StepOutput
@@ -37,6 +37,10 @@ class Config:
     hidden_dim: int = 100
     iwae_k: int = 500
     resume: bool = False
+    devices: int | None = None
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
 
     SUMMARY = ("test_loss", "test_neg_elbo_nats", "test_iwae_nats")
     HELP = {
@@ -49,6 +53,7 @@ class Config:
         "hidden_dim": "hidden units of every MLP (book: 100)",
         "iwae_k": "importance samples per test image for the IWAE bound (--quick caps it at 16)",
         "resume": "continue from OUT/checkpoints (same settings) instead of starting over",
+        **_fitting.MESH_HELP,
     }
     LIMITS = _generative.VAE_LIMITS
 
@@ -74,11 +79,15 @@ def _metrics(config: Config, data: dict, params: Any, history: dict, train_s: fl
 def main(config: Config) -> dict:
     _generative.validate_config(config)
     _fitting.check_checkpoints(config)
+    mesh = _fitting.data_mesh(config)  # before any other JAX work (a process joins a run only then)
+    training.check_divides(config.batch_size, mesh)
     data = _generative.load_images(config)
 
     key_init, key_train, key_eval, key_plot = jax.random.split(jax.random.key(config.seed), 4)
     params0 = _generative.init_jit(hvae, key_init, hidden_dim=config.hidden_dim, latent_dim=config.latent_dim)
-    params, history, train_s = _generative.train_model(config, hvae, params0, data["x_train"], key_train)
+    params, history, train_s = _generative.train_model(
+        config, hvae, params0, data["x_train"], key_train, mesh=mesh
+    )
     metrics = _metrics(config, data, params, history, train_s, key_eval)
 
     with StepOutput(config, checkpoints=True) as out:

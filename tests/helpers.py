@@ -19,6 +19,14 @@ ATOL_F32 = 1e-4
 RTOL_JIT_F32 = 1e-6
 ATOL_JIT_F32 = 1e-6
 RTOL_JIT_F64 = 1e-12
+# a sharded computation (device mesh, several processes) vs the same on one device: the all-reduce
+# adds per-device partial sums, so float32 sums of up to ~1e4 terms are rounded in another order
+# (measured: 1e-8 to 4e-6 on one step / 30 EM updates; 100x margin on the largest).
+RTOL_MESH_F32 = 1e-4
+ATOL_MESH_F32 = 1e-5
+# sampled images on a mesh vs one device, relative to the samples' magnitude: a chain of 10-50
+# network calls carries the per-call rounding (measured 3e-7 of a scale of ~5).
+ATOL_MESH_SAMPLES = 1e-5
 # central finite differences in float64 with step 1e-6: truncation O(h^2) ~1e-12 plus rounding
 # eps/h ~ 1e-10 times the function scale.
 FD_STEP = 1e-6

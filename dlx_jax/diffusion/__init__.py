@@ -35,6 +35,11 @@ keyword options:
   ``x̂0`` at every step (see :func:`ddpm_step`, :func:`ddim_step`).
 * ``x_init``: ``None`` (default: ``x_T ~ N(0, I)`` from ``key_init``) or an ``x_T`` of shape ``shape``.
 * ``dtype``: floating dtype of the samples; default ``x_init``'s, else the schedule's.
+* ``sharding``: ``None`` (default) or a ``jax.sharding.Sharding`` for the image batch, e.g.
+  ``NamedSharding(mesh, P("data"))`` (:func:`dlx_jax.training.batch_sharding`): under ``jit`` the
+  chain ``x_T, ..., x_0`` is laid out so, each device denoising its share of the images (the
+  network's parameters replicated). The keys and so the numbers are those of one device: random
+  draws do not depend on the layout, and each image's network call is its own.
 * DDIM only: ``num_steps`` ``S`` in ``1..T`` (static, default 50) and ``eta`` ``η`` in ``[0, 1]``
   (default 0, deterministic; ``η = 1`` with ``S = T`` is DDPM).
 * trajectories only: ``every`` ``k >= 1`` (static, required): record the start ``x_T`` and the sample

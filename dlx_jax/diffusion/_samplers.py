@@ -96,6 +96,7 @@ def ddpm_sample(
     clip_x0: tuple[float, float] | None = None,
     x_init: Float[ArrayLike, " n *img"] | None = None,
     dtype: jnp.dtype | None = None,
+    sharding: jax.sharding.Sharding | None = None,
     **removed: Any,
 ) -> Float[Array, " n *img"]:
     """Ancestral DDPM sampling (the book's ``sample``): ``x_T ~ N(0, I)``, then :func:`ddpm_step`
@@ -105,7 +106,7 @@ def ddpm_sample(
         key: PRNG key (split as this module's docstring says).
         eps_fn: ``eps_fn(x, t) -> eps`` (:data:`EpsFn`); the conditioning is closed over it.
         schedule: the :class:`Schedule` the model was trained with.
-        shape, clip_x0, x_init, dtype: the sampler options (:mod:`dlx_jax.diffusion`).
+        shape, clip_x0, x_init, dtype, sharding: the sampler options (:mod:`dlx_jax.diffusion`).
 
     Returns:
         ``x_0`` of shape ``shape``.
@@ -116,7 +117,8 @@ def ddpm_sample(
             ``eps_fn`` that cannot be called as ``eps_fn(x, t)``.
     """
     _reject_removed("ddpm", removed)
-    return _scan(_ddpm_loop(key, eps_fn, schedule, shape=shape, clip_x0=clip_x0, x_init=x_init, dtype=dtype))
+    options = {"shape": shape, "clip_x0": clip_x0, "x_init": x_init, "dtype": dtype, "sharding": sharding}
+    return _scan(_ddpm_loop(key, eps_fn, schedule, **options))
 
 
 def ddim_sample(
@@ -130,6 +132,7 @@ def ddim_sample(
     clip_x0: tuple[float, float] | None = None,
     x_init: Float[ArrayLike, " n *img"] | None = None,
     dtype: jnp.dtype | None = None,
+    sharding: jax.sharding.Sharding | None = None,
     **removed: Any,
 ) -> Float[Array, " n *img"]:
     """DDIM sampling (Song et al., 2021) on ``S = num_steps`` evenly spaced timesteps, as one
@@ -143,7 +146,8 @@ def ddim_sample(
         key: PRNG key (split as this module's docstring says).
         eps_fn: ``eps_fn(x, t) -> eps`` (:data:`EpsFn`).
         schedule: the :class:`Schedule` the model was trained with.
-        shape, num_steps, eta, clip_x0, x_init, dtype: the sampler options (:mod:`dlx_jax.diffusion`).
+        shape, num_steps, eta, clip_x0, x_init, dtype, sharding: the sampler
+            options (:mod:`dlx_jax.diffusion`).
 
     Returns:
         ``x_0`` of shape ``shape``.
@@ -153,7 +157,7 @@ def ddim_sample(
             ``[0, 1]``. TypeError: as :func:`ddpm_sample`.
     """
     _reject_removed("ddim", removed)
-    options = {"shape": shape, "clip_x0": clip_x0, "x_init": x_init, "dtype": dtype}
+    options = {"shape": shape, "clip_x0": clip_x0, "x_init": x_init, "dtype": dtype, "sharding": sharding}
     return _scan(_ddim_loop(key, eps_fn, schedule, num_steps=num_steps, eta=eta, **options))
 
 
@@ -167,12 +171,13 @@ def ddpm_trajectory(
     clip_x0: tuple[float, float] | None = None,
     x_init: Float[ArrayLike, " n *img"] | None = None,
     dtype: jnp.dtype | None = None,
+    sharding: jax.sharding.Sharding | None = None,
 ) -> Trajectory:
     """:func:`ddpm_sample` recording the chain every ``every`` steps (same keys, same ``x_0``).
 
     Args:
         key, eps_fn, schedule: as :func:`ddpm_sample`.
-        shape, every, clip_x0, x_init, dtype: the sampler options (:mod:`dlx_jax.diffusion`).
+        shape, every, clip_x0, x_init, dtype, sharding: the sampler options (:mod:`dlx_jax.diffusion`).
 
     Returns:
         The :class:`Trajectory` (``trajectory.x0`` is what :func:`ddpm_sample` returns).
@@ -181,7 +186,7 @@ def ddpm_trajectory(
         ValueError: as :func:`ddpm_sample`, or ``every`` not an int ``>= 1``.
     """
     _check_every(every)
-    options = {"shape": shape, "clip_x0": clip_x0, "x_init": x_init, "dtype": dtype}
+    options = {"shape": shape, "clip_x0": clip_x0, "x_init": x_init, "dtype": dtype, "sharding": sharding}
     return _scan_recording(_ddpm_loop(key, eps_fn, schedule, **options), every)
 
 
@@ -197,12 +202,14 @@ def ddim_trajectory(
     clip_x0: tuple[float, float] | None = None,
     x_init: Float[ArrayLike, " n *img"] | None = None,
     dtype: jnp.dtype | None = None,
+    sharding: jax.sharding.Sharding | None = None,
 ) -> Trajectory:
     """:func:`ddim_sample` recording the chain every ``every`` DDIM steps (same keys, same ``x_0``).
 
     Args:
         key, eps_fn, schedule: as :func:`ddim_sample`.
-        shape, every, num_steps, eta, clip_x0, x_init, dtype: the sampler options (:mod:`dlx_jax.diffusion`).
+        shape, every, num_steps, eta, clip_x0, x_init, dtype, sharding: the sampler options
+            (:mod:`dlx_jax.diffusion`).
 
     Returns:
         The :class:`Trajectory`.
@@ -211,7 +218,7 @@ def ddim_trajectory(
         ValueError: as :func:`ddim_sample`, or ``every`` not an int ``>= 1``.
     """
     _check_every(every)
-    options = {"shape": shape, "clip_x0": clip_x0, "x_init": x_init, "dtype": dtype}
+    options = {"shape": shape, "clip_x0": clip_x0, "x_init": x_init, "dtype": dtype, "sharding": sharding}
     return _scan_recording(_ddim_loop(key, eps_fn, schedule, num_steps=num_steps, eta=eta, **options), every)
 
 
@@ -234,11 +241,12 @@ def _ddpm_loop(key: PRNGKeyArray, eps_fn: EpsFn, schedule: Schedule, **options: 
     x, eps_at = _start(key, eps_fn, schedule, **options)
     key_steps = jax.random.split(key)[1]
     ts = np.arange(num_steps, 0, -1)
-    clip_x0 = options["clip_x0"]
+    clip_x0, sharding = options["clip_x0"], options["sharding"]
 
     def step(x: Array, t: Array) -> Array:
         eps = eps_at(x, t)
-        return ddpm_step(jax.random.fold_in(key_steps, t), schedule, x, t, eps, clip_x0=clip_x0)
+        x = ddpm_step(jax.random.fold_in(key_steps, t), schedule, x, t, eps, clip_x0=clip_x0)
+        return _lay_out(x, sharding)
 
     return _Loop(x, (ts,), step, num_steps, ts - 1)
 
@@ -252,12 +260,13 @@ def _ddim_loop(
     check_eta(eta)
     x, eps_at = _start(key, eps_fn, schedule, **options)
     key_steps = jax.random.split(key)[1]
-    clip_x0 = options["clip_x0"]
+    clip_x0, sharding = options["clip_x0"], options["sharding"]
 
     def step(x: Array, t: Array, t_prev: Array) -> Array:
         eps = eps_at(x, t)
         key_t = jax.random.fold_in(key_steps, t)
-        return ddim_step(key_t, schedule, x, t, t_prev, eps, eta=eta, clip_x0=clip_x0)
+        x = ddim_step(key_t, schedule, x, t, t_prev, eps, eta=eta, clip_x0=clip_x0)
+        return _lay_out(x, sharding)
 
     return _Loop(x, (taus, prev), step, total, prev)
 
@@ -321,6 +330,7 @@ def _start(
     clip_x0: Any,
     x_init: ArrayLike | None,
     dtype: Any,
+    sharding: Any,
 ) -> tuple[Array, Callable[[Array, Array], Array]]:
     """Check the sampler options; return ``x_T`` and ``eps_at(x, t_scalar)``."""
     shape = _check_shape(shape)
@@ -339,8 +349,14 @@ def _start(
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"dtype must be floating, got {dtype}; pass e.g. dtype=jnp.float32")
     _check_eps_fn(eps_fn)
+    if sharding is not None and not isinstance(sharding, jax.sharding.Sharding):
+        raise ValueError(
+            f"sharding must be a jax.sharding.Sharding or None, got {type(sharding).__name__}; pass e.g. "
+            "dlx_jax.training.batch_sharding(mesh)"
+        )
     key_init = jax.random.split(key)[0]
     x = x_init.astype(dtype) if x_init is not None else standard_normal(key_init, shape, dtype)
+    x = _lay_out(x, sharding)
 
     def eps_at(x: Array, t: Array) -> Array:
         eps = jnp.asarray(eps_fn(x, jnp.full((n,), t, jnp.int32)))
@@ -352,6 +368,11 @@ def _start(
         return eps.astype(x.dtype)
 
     return x, eps_at
+
+
+def _lay_out(x: Array, sharding: Any) -> Array:
+    """``x`` laid out as ``sharding`` (the image batch over a device mesh), or as it is for ``None``."""
+    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
 
 
 def _scan(loop: _Loop) -> Array:

@@ -52,9 +52,22 @@ partial folder. Parameter files (:func:`save_params`, :func:`load_params`) live 
 :mod:`dlx_jax.params_io`, which model modules use without importing the loop; they are re-exported
 here.
 
+**Several devices, several processes.** The same loop trains data-parallel on a device mesh:
+
+.. code-block:: python
+
+    mesh = data_mesh()                                   # 1-D, axis "data", all devices
+    state, data, key = replicate((state, data, key), mesh)
+    epoch = jax.jit(make_epoch_fn(step, batch_size=128, mesh=mesh))   # batches sharded, state replicated
+    state, history = fit(key, state, data, epoch_fn=epoch, epochs=30)
+
+(see :mod:`dlx_jax.training._mesh`: BatchNorm statistics and gradients are over the global batch;
+:func:`initialize_distributed` joins a multi-process run, where only process 0 writes checkpoint
+folders' bookkeeping and every process computes the same numbers).
+
 Modules: ``_state`` (train state, step, EMA, BatchNorm recalibration), ``_epochs`` (scanned and
 stepped epochs), ``_checkpoints`` (orbax checkpoints, the partial folder and its commit), ``_fit``
-(:func:`fit` and its resume).
+(:func:`fit` and its resume), ``_mesh`` (the data mesh, replicated and sharded arrays, processes).
 """
 
 from dlx_jax.params_io import load_params, save_params
@@ -69,6 +82,17 @@ from dlx_jax.training._epochs import EpochFn as EpochFn  # the signatures' type 
 from dlx_jax.training._epochs import make_epoch_fn, make_stepped_epoch_fn
 from dlx_jax.training._fit import EvalFn as EvalFn
 from dlx_jax.training._fit import TrainingDivergedError, fit
+from dlx_jax.training._mesh import (
+    DATA_AXIS,
+    batch_sharding,
+    check_divides,
+    data_mesh,
+    initialize_distributed,
+    process_rows,
+    replicate,
+    replicated,
+    shard_batch,
+)
 from dlx_jax.training._state import Metrics as Metrics
 from dlx_jax.training._state import StatsFn as StatsFn
 from dlx_jax.training._state import StepFn as StepFn
@@ -82,21 +106,30 @@ from dlx_jax.training._state import (
 )
 
 __all__ = [
+    "DATA_AXIS",
     "CheckpointError",
     "TrainState",
     "TrainingDivergedError",
+    "batch_sharding",
+    "check_divides",
     "commit_checkpoints",
+    "data_mesh",
     "ema_update",
     "fit",
     "init_state",
+    "initialize_distributed",
     "latest_checkpoint",
     "load_params",
     "make_epoch_fn",
     "make_stats_fn",
     "make_stepped_epoch_fn",
     "make_train_step",
+    "process_rows",
     "recalibrate_batch_stats",
+    "replicate",
+    "replicated",
     "restore_checkpoint",
     "save_checkpoint",
     "save_params",
+    "shard_batch",
 ]
