@@ -29,7 +29,8 @@ def save_params(path: str | Path, params: Any, *, overwrite: bool = False) -> No
     """Write a parameter pytree with orbax (``StandardCheckpointer``) into the folder ``path``.
 
     The folder is written beside ``path`` first and renamed into place, so ``path`` never holds a
-    half-written pytree.
+    half-written pytree. In a multi-process run the calling process alone writes its copy of the
+    (replicated) parameters, e.g. process 0 the step's outputs.
 
     Raises:
         ValueError: ``path`` exists and ``overwrite`` is false.
@@ -41,7 +42,14 @@ def save_params(path: str | Path, params: Any, *, overwrite: bool = False) -> No
         raise ValueError(f"{path} already exists; pass overwrite=True or choose another folder")
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    with ocp.StandardCheckpointer() as ckpt:
+    options = {}
+    if jax.process_count() > 1:  # a multi-process run: this process alone writes its host copy
+        me = jax.process_index()
+        params = jax.tree_util.tree_map(np.asarray, params)
+        options["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me}
+        )
+    with ocp.StandardCheckpointer(**options) as ckpt:
         ckpt.save(tmp, params)
         ckpt.wait_until_finished()
     if path.exists():

@@ -12,6 +12,7 @@ second run into an ``--out`` folder that a run is writing is refused (:func:`_ou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import sys
@@ -230,7 +231,7 @@ def cli(
     start = time.perf_counter()
     try:
         check_config(config)
-        with _outputs.run_lock(config.out), _fitting.interrupts_remembered():
+        with _run_lock(config), _fitting.interrupts_remembered():
             metrics = main(config)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -241,6 +242,19 @@ def cli(
     line = summary(metrics, getattr(config_cls, "SUMMARY", ()))
     print(f"{line} ({time.perf_counter() - start:.1f} s) -> {config.out}")
     return 0
+
+
+def _run_lock(config: Any) -> Any:
+    """The ``--out`` folder's lock, held by the process that writes it: in a multi-process run
+    (``--process-id`` or ``DLX_PROCESS_ID``) only process 0 takes it."""
+    import os
+
+    process_id = getattr(config, "process_id", None)
+    if process_id is None and os.environ.get("DLX_PROCESS_ID", "").strip().isdigit():
+        process_id = int(os.environ["DLX_PROCESS_ID"])
+    if process_id not in (None, 0):
+        return contextlib.nullcontext()
+    return _outputs.run_lock(config.out)
 
 
 def summary(metrics: Mapping[str, Any], keys: tuple[str, ...]) -> str:

@@ -64,6 +64,10 @@ class DiffusionConfig:
     judge: str = "auto"
     epoch_mode: str = "stepped"
     resume: bool = False
+    devices: int | None = None
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
 
     # size options: at most what a run can hold in memory (checked by experiments._cli.check_config)
     LIMITS = {
@@ -100,6 +104,7 @@ COMMON_HELP = {
     "epoch_mode": "stepped (one compiled step per batch from Python; faster for convolutions on "
     "XLA:CPU) or scan (one compiled lax.scan per epoch); identical numbers",
     "resume": "continue from OUT/checkpoints (same settings) instead of starting over",
+    **_fitting.MESH_HELP,
 }
 COMMON_CHOICES = {"dataset": ("mnist-5k", "mnist", "fashion-mnist"), "epoch_mode": ("stepped", "scan")}
 
@@ -176,6 +181,8 @@ def validate(config: DiffusionConfig) -> None:
     if config.ema_warmup < 0:
         raise ValueError(f"--ema-warmup must be >= 0, got {config.ema_warmup}")
     schedule(config)  # β range / order errors from dlx_jax.diffusion
+    # the mesh (and a multi-process run's join) before any other JAX work; the batch must divide
+    training.check_divides(config.batch_size, _fitting.data_mesh(config))
     _diffusion_judge.reusable_judge(config)
 
 
@@ -233,11 +240,13 @@ def train(
     step = training.make_train_step(
         loss_fn, optimizer, stateful=True, ema_decay=config.ema_decay, ema_warmup=config.ema_warmup
     )
+    mesh = _fitting.data_mesh(config)  # data parallel: state replicated, every batch sharded
     if config.epoch_mode == "scan":
-        epoch_fn = jax.jit(training.make_epoch_fn(step, batch_size=config.batch_size))
+        epoch_fn = jax.jit(training.make_epoch_fn(step, batch_size=config.batch_size, mesh=mesh))
     else:
-        epoch_fn = training.make_stepped_epoch_fn(step, batch_size=config.batch_size)
-    train_set = (jnp.asarray(data["x_train"]), jnp.asarray(data["y_train"]))
+        epoch_fn = training.make_stepped_epoch_fn(step, batch_size=config.batch_size, mesh=mesh)
+    train_set = (np.asarray(data["x_train"]), np.asarray(data["y_train"]))
+    state, train_set, key_fit = training.replicate((state, train_set, key_fit), mesh)
     epochs = epochs_for(config, len(data["x_train"]))
     full_fingerprint = _generative.fingerprint(
         config,
@@ -245,6 +254,7 @@ def train(
         n_train=len(data["x_train"]),
         fields=("num_timesteps", "beta_start", "beta_end", "ema_decay", "ema_warmup"),
         **fingerprint,
+        **_fitting.mesh_fingerprint(mesh),
     )
     state, history, seconds = _fitting.train(
         config, key_fit, state, train_set, epoch_fn=epoch_fn, epochs=epochs, fingerprint=full_fingerprint

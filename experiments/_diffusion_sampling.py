@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlx_jax import diffusion, unet
+from dlx_jax import diffusion, training, unet
+from experiments import _fitting
 from experiments._diffusion import DiffusionConfig
 
 #: How the sampled ε-function is built from the model's ``eps_fn(x, t, labels=None, label_mask=None)``.
@@ -43,6 +44,7 @@ class SamplerSpec:
     eta: float
     every: int
     condition: str  # a key of CONDITIONS
+    mesh: Any = None  # the image batch is sharded over it (data parallel sampling)
 
 
 class Samples(NamedTuple):
@@ -69,6 +71,7 @@ def _executable(spec: SamplerSpec, args: tuple) -> Any:
     def run(key, params, batch_stats, labels, gamma):
         eps_fn = condition(diffusion.make_eps_fn(apply_fn, params, batch_stats), labels, gamma)
         options = {"shape": (spec.n, 28, 28, 1), "every": spec.every}
+        options["sharding"] = training.batch_sharding(spec.mesh) if spec.mesh is not None else None
         if spec.kind == "ddpm":
             return diffusion.ddpm_trajectory(key, eps_fn, sched, **options)
         options |= {"num_steps": spec.ddim_steps, "eta": spec.eta}
@@ -91,7 +94,9 @@ def sample(
     labels: np.ndarray | None = None,
     gamma: float | None = None,
 ) -> Samples:
-    """``n`` samples in chunks of ``--sample-batch`` (chunk ``i`` uses ``fold_in(key, i)``).
+    """``n`` samples in chunks of ``--sample-batch`` (chunk ``i`` uses ``fold_in(key, i)``), each chunk
+    sharded over the step's device mesh (``--devices``; the chunk is rounded up to a multiple of the
+    device count, the extra images dropped).
 
     Args:
         config: the step's config (schedule, DDIM settings, ``sample_batch``).
@@ -105,7 +110,9 @@ def sample(
         gamma: the guidance scale.
     """
     every = max(1, (config.num_timesteps if kind == "ddpm" else config.ddim_steps) // 10)
-    chunk = min(config.sample_batch, n)
+    mesh = _fitting.data_mesh(config)
+    devices = mesh.devices.size
+    chunk = -(-min(config.sample_batch, n) // devices) * devices
     g = None if gamma is None or condition != "guided" else jnp.float32(gamma)
     spec = SamplerSpec(
         features=model.features,
@@ -117,6 +124,7 @@ def sample(
         eta=config.ddim_eta,
         every=every,
         condition=condition,
+        mesh=mesh,
     )
     outs, seconds = [], 0.0
     for i in range(math.ceil(n / chunk)):
@@ -128,6 +136,6 @@ def sample(
         start = time.perf_counter()
         trajectory = jax.block_until_ready(exe(k, params, batch_stats, lab, g))
         seconds += time.perf_counter() - start
-        outs.append(jax.tree_util.tree_map(np.asarray, trajectory))
+        outs.append(training.gather(trajectory))
     x0 = np.concatenate([o.x0 for o in outs])[:n]
     return Samples(x0, outs[0], seconds)

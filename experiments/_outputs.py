@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -239,6 +240,15 @@ def _remove_empty(folders: list[Path]) -> None:
             break
 
 
+def is_primary() -> bool:
+    """Whether this process writes the step's outputs: always, except in a multi-process JAX run
+    (``--coordinator``...), where process 0 writes and the others compute the same numbers."""
+    jax = sys.modules.get("jax")
+    if jax is None or not jax.distributed.is_initialized():
+        return True
+    return jax.process_index() == 0
+
+
 @contextlib.contextmanager
 def run_lock(out: str | Path) -> Iterator[None]:
     """Hold an exclusive lock on the folder ``out`` (``fcntl.flock``) for the run's life.
@@ -320,11 +330,16 @@ class StepOutput:
         self.plots = bool(getattr(config, "plots", True))
         self.config = config
         self.metrics: dict[str, Any] | None = None
+        self.primary = True
         self.tmp: Path | None = None
         self._created: list[Path] = []
 
     def __enter__(self) -> StepOutput:
         check_out_dir(self.final)
+        self.primary = is_primary()
+        if not self.primary:  # another process of a multi-process run: stage aside, keep nothing
+            self.tmp = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX))
+            return self
         self._created = _created_folders(self.final)
         self.final.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=self.final))
@@ -355,7 +370,7 @@ class StepOutput:
         assert self.tmp is not None
         done = False
         try:
-            if exc_type is not None:
+            if exc_type is not None or not self.primary:
                 return
             if self.metrics is None:
                 raise RuntimeError("StepOutput closed without finish(metrics)")

@@ -18,6 +18,7 @@ from jaxtyping import PRNGKeyArray
 from dlx_jax._checks import check_positive_int
 from dlx_jax.training._checkpoints import partial_dir, restore_meta
 from dlx_jax.training._epochs import EpochFn
+from dlx_jax.training._mesh import is_primary, sync_processes
 from dlx_jax.training._state import TrainState
 
 EvalFn = Callable[[int, TrainState], Mapping[str, Any]]
@@ -98,13 +99,17 @@ def _resume(
     candidates = (partial, checkpoint_dir) if resume else ()
     source = next((d for d in candidates if training.latest_checkpoint(d) is not None), None)
     if source is None:
-        shutil.rmtree(partial, ignore_errors=True)
+        if is_primary():  # several processes: process 0 keeps the folders, the others wait for it
+            shutil.rmtree(partial, ignore_errors=True)
+        sync_processes("dlx_jax.fit: fresh partial folder")
         note = " (no checkpoint to resume: starting over)" if resume else ""
         return state, 0, _new_history(), note
     _check_resumable(source, restore_meta(source, training.latest_checkpoint(source)), fingerprint, epochs)
     state, meta = training.restore_checkpoint(source, state)
-    if source != partial:
+    sync_processes("dlx_jax.fit: restored")
+    if source != partial and is_primary():
         _copy_dir(source, partial)
+    sync_processes("dlx_jax.fit: partial folder ready")
     return state, int(meta["epoch"]), {k: list(v) for k, v in meta["history"].items()}, ""
 
 
@@ -225,10 +230,13 @@ def fit(
                 training.save_checkpoint(partial, e + 1, state, meta)
     except BaseException as err:  # Ctrl-C included: the partial folder keeps the finished epochs
         bar.close()
-        if partial is not None and isinstance(err, TrainingDivergedError):
+        if partial is not None and isinstance(err, TrainingDivergedError) and is_primary():
             shutil.rmtree(partial, ignore_errors=True)  # a diverged run is not worth resuming
         raise
     bar.close()
     if commit and checkpoint_dir is not None:
-        training.commit_checkpoints(checkpoint_dir)
+        sync_processes("dlx_jax.fit: trained")
+        if is_primary():
+            training.commit_checkpoints(checkpoint_dir)
+        sync_processes("dlx_jax.fit: committed")
     return state, history

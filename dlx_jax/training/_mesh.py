@@ -51,11 +51,14 @@ __all__ = [
     "constrain_batch",
     "constrain_replicated",
     "data_mesh",
+    "gather",
     "initialize_distributed",
+    "is_primary",
     "process_rows",
     "replicate",
     "replicated",
     "shard_batch",
+    "sync_processes",
 ]
 
 
@@ -242,3 +245,27 @@ def initialize_distributed(
         return jax.process_count() > 1
     jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=timeout_s)
     return num_processes > 1
+
+
+def is_primary() -> bool:
+    """Whether this process writes files: process 0 of a multi-process run, or a single process."""
+    return jax.process_index() == 0
+
+
+def sync_processes(name: str) -> None:
+    """Wait until every process of a multi-process run reaches this point (no-op in one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def gather(tree: Any) -> Any:
+    """Every array leaf of ``tree`` as one host numpy array, whatever its sharding; with several
+    processes each gets the whole array (``multihost_utils.process_allgather``: a collective, so
+    every process must call it)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree_util.tree_map(np.asarray, tree)
