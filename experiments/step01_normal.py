@@ -151,6 +151,7 @@ def _sum5_figure(out: StepOutput, result: dict, trials: int) -> None:
     ax.legend()
     out.figure(fig, "clt_sum_n5")
 
+
 def main(config: Config) -> dict:
     _check(config)
     trials = _quick.cap(config, config.trials, QUICK["trials"])

@@ -28,7 +28,11 @@ BOOK_COV = ((2.0, 0.3), (0.3, 0.5))
 QUICK = _quick.QUICK["step03_mvn"]
 DATASETS = {
     "book": (load_book_height_weight, "the book's height_weight.txt", ("height (cm)", "weight (kg)")),
-    "galton": (load_galton_father_son, "Galton's fathers and sons", ("father height (cm)", "son height (cm)")),
+    "galton": (
+        load_galton_father_son,
+        "Galton's fathers and sons",
+        ("father height (cm)", "son height (cm)"),
+    ),
 }
 
 
