@@ -12,10 +12,7 @@ import numpy as np
 import pytest
 
 from dlx_jax import data, diffusion
-from experiments import (
-    _book,
-    _book_noising,
-)
+from experiments import _book, _book_noising, step02_mle, step03_mvn
 from tests.helpers import RTOL_BOOK_F64, SAMPLE_N_SE
 
 PRINTED = _book.PRINTED
@@ -106,16 +103,25 @@ def test_noise_step_by_step_one_step_is_the_books_update():
         _book_noising.noise_step_by_step(key, SCHEDULE, x0, record_every=300)
 
 
-def test_run_metrics_and_photos(tmp_path):
-    res = _book_noising.run(jax.random.key(1), SCHEDULE, "flower")
-    assert res.metrics["noising_photo_shape"] == list(PRINTED["step09_flower_shape"])
-    assert res.metrics["noising_t"] == list(range(100, 1001, 100))
-    n = 64 * 64 * 3
+def test_run_metrics_figure_and_photos(tmp_path):
+    """``python -m experiments._book_noising`` (the figure step 9 also draws) and its metrics."""
+    metrics = _book_noising.main(_book_noising.Config(out=str(tmp_path)))
+    assert (tmp_path / "book_noising.png").is_file() and (tmp_path / "metrics.json").is_file()
+    assert metrics["noising_photo_shape"] == list(PRINTED["step09_flower_shape"])
+    assert metrics["noising_t"] == list(range(100, 1001, 100))
+    n = 64 * 64 * 3  # one draw of every pixel per t
     for kind in ("stepwise", "closed_form"):
-        assert np.all(np.abs(res.metrics[f"noising_{kind}_z_mean"]) < SAMPLE_N_SE / np.sqrt(n))
-        assert np.all(
-            np.abs(np.array(res.metrics[f"noising_{kind}_z_std"]) - 1) < SAMPLE_N_SE / np.sqrt(2 * n)
-        )
+        assert np.all(np.abs(metrics[f"noising_{kind}_z_mean"]) < SAMPLE_N_SE / np.sqrt(n))
+        assert np.all(np.abs(np.array(metrics[f"noising_{kind}_z_std"]) - 1) < SAMPLE_N_SE / np.sqrt(2 * n))
     assert _book_noising.load_photo("grace-hopper").shape == (64, 64, 3)
     with pytest.raises(ValueError, match="unknown photo 'rose'; choose one of flower, grace-hopper"):
         _book_noising.load_photo("rose")
+
+
+def test_data_names_and_a_missing_file(tmp_path):
+    assert set(step02_mle.DATASETS) == set(step03_mvn.DATASETS) == {"book", "galton"}
+    missing = str(tmp_path / "nope.txt")
+    with pytest.raises(
+        FileNotFoundError, match=r"does not exist.*or one of the data set names: book, galton"
+    ):
+        _book.load_file(missing, ncols=1, names=step02_mle.DATASETS)
