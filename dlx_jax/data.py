@@ -8,6 +8,9 @@ Vendored data (see ``dlx_jax/_datasets/PROVENANCE.md``):
 * :func:`load_old_faithful` — Old Faithful, 272 × 2 (eruption minutes, waiting minutes).
 * :func:`load_galton_heights` — 481 sons' heights from Galton's family data, in cm.
 * :func:`load_galton_father_son` — the matching (father, son) pairs, 481 × 2, in cm.
+* :func:`load_book_heights`, :func:`load_book_height_weight`, :func:`load_flower` — the book's own
+  ``height.txt`` (25,000 heights in cm), ``height_weight.txt`` (25,000 × 2: cm, kg) and ``flower.png``
+  (64 × 64 RGB), vendored from its MIT-licensed repository (steps 2, 3 and 9 use them by default).
 
 User files: :func:`load_table` reads a whitespace- or comma-separated file of numbers (a header line
 only when it is all text); :func:`check_sample` checks a sample's magnitude and spread before
@@ -60,6 +63,9 @@ __all__ = [
     "load_idx_dir",
     "read_idx",
     "to_float_images",
+    "load_book_height_weight",
+    "load_book_heights",
+    "load_flower",
     "load_galton_father_son",
     "load_galton_heights",
     "load_old_faithful",
@@ -373,3 +379,24 @@ def load_galton_father_son() -> np.ndarray:
     rows = _galton_rows()
     pairs = [(float(r["father"]), float(r["child_height"])) for r in rows if r["gender"] == "male"]
     return np.array(pairs) * INCH_TO_CM
+
+
+def load_book_heights() -> np.ndarray:
+    """The book's ``step02/height.txt``: 25,000 heights in cm, float64 of shape ``(25000,)``."""
+    return load_table(DATASETS_DIR / "height.txt", ncols=1)
+
+
+def load_book_height_weight() -> np.ndarray:
+    """The book's ``step03/height_weight.txt``: (height cm, weight kg), float64 ``(25000, 2)``."""
+    return load_table(DATASETS_DIR / "height_weight.txt", ncols=2)
+
+
+def load_flower() -> np.ndarray:
+    """The book's ``step09/flower.png`` as float32 ``(64, 64, 3)`` RGB in [0, 1].
+
+    The same values as the book's ``plt.imread`` (8-bit channels divided by 255).
+    """
+    from PIL import Image  # pillow: a dependency of matplotlib
+
+    with Image.open(DATASETS_DIR / "flower.png") as img:
+        return np.asarray(img.convert("RGB"), np.float32) / np.float32(255.0)

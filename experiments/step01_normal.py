@@ -1,5 +1,8 @@
 """Step 1 — the normal distribution. Its density, how μ shifts and σ widens it, and the central limit
-theorem: the mean and the sum of N uniform draws approach a normal as N grows (book step 1)."""
+theorem: the mean and the sum of N uniform draws approach a normal as N grows (book step 1).
+
+The book's ``sample_sum.py`` (the sum of N = 5 uniforms against N(N/2, N/12), 10,000 trials) is its
+own figure ``clt_sum_n5.png`` and metrics ``clt_sum5_*``."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from experiments._outputs import StepOutput
 from experiments._plots import plt
 
 CLT_NS = (1, 2, 4, 10)
+BOOK_SUM_N = 5  # step01/sample_sum.py
 QUICK = _quick.QUICK["step01_normal"]
 
 
@@ -69,7 +73,11 @@ def _compute(config: Config, trials: int) -> dict:
         u = uniforms[i, :, :n]
         clt["mean"][n] = (u.mean(axis=1), 0.5, float(np.sqrt(1.0 / (12 * n))))
         clt["sum"][n] = (u.sum(axis=1), n / 2, float(np.sqrt(n / 12)))
-    return {"xs": xs, "standard": jax.jit(distributions.normal_pdf)(xs, 0.0, 1.0), "clt": clt}
+    book_key = jax.random.fold_in(jax.random.key(config.seed), BOOK_SUM_N)
+    sums = np.asarray(jax.random.uniform(book_key, (trials * BOOK_SUM_N,)), np.float64)
+    sum5 = (sums.reshape(trials, BOOK_SUM_N).sum(axis=1), BOOK_SUM_N / 2, float(np.sqrt(BOOK_SUM_N / 12)))
+    standard = jax.jit(distributions.normal_pdf)(xs, 0.0, 1.0)
+    return {"xs": xs, "standard": standard, "clt": clt, "sum5": sum5}
 
 
 def _metrics(result: dict, trials: int) -> dict:
@@ -87,6 +95,14 @@ def _metrics(result: dict, trials: int) -> dict:
         metrics[f"clt_{kind}_sample_stds"] = [float(s.std()) for s, _, _ in rows]
         metrics[f"clt_{kind}_theory_stds"] = [sd for _, _, sd in rows]
         metrics[f"clt_{kind}_ks"] = [_ks_distance(cdf, s, m, sd) for s, m, sd in rows]
+    sums, mu, sd = result["sum5"]
+    metrics.update(
+        clt_sum5_mean=float(sums.mean()),
+        clt_sum5_theory_mean=mu,
+        clt_sum5_std=float(sums.std()),
+        clt_sum5_theory_std=sd,
+        clt_sum5_ks=_ks_distance(cdf, sums, mu, sd),
+    )
     return metrics
 
 
@@ -121,6 +137,19 @@ def _figures(out: StepOutput, config: Config, result: dict, trials: int) -> None
         fig.suptitle(f"Central limit theorem: the {kind} of N U(0, 1) draws ({trials} trials each)")
         fig.tight_layout()
         out.figure(fig, f"clt_{kind}")
+    _sum5_figure(out, result, trials)
+
+
+def _sum5_figure(out: StepOutput, result: dict, trials: int) -> None:
+    """``step01/sample_sum.py``: the sum of 5 uniforms (histogram, bins='auto') and N(5/2, 5/12)."""
+    sums, mu, sd = result["sum5"]
+    grid = np.linspace(-1.0, 6.0, 1000)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(sums, bins="auto", density=True, alpha=0.7, label=f"sum of {BOOK_SUM_N} uniforms ({trials})")
+    ax.plot(grid, jax.jit(distributions.normal_pdf)(grid, mu, sd), "r", label=f"N({mu:g}, {sd**2:.4g})")
+    ax.set(title=f"N={BOOK_SUM_N}", xlabel="x", ylabel="probability density", xlim=(-1, 6))
+    ax.legend()
+    out.figure(fig, "clt_sum_n5")
 
 
 def main(config: Config) -> dict:

@@ -1,5 +1,9 @@
 """Step 2 — maximum likelihood estimation. Fit a normal to real heights, generate new data from the
-fit, and read probabilities off its CDF (book step 2)."""
+fit, and read probabilities off its CDF (book step 2).
+
+Default data: the book's own ``height.txt`` (25,000 heights, vendored), so ``p_le_a`` and ``p_gt_b``
+are the book's printed P(x ≤ 160) = 0.004271406830855 and P(x > 180) = 0.06541774339950823.
+``--data galton`` selects Galton's 481 sons; any other value is a one-column file of numbers."""
 
 from __future__ import annotations
 
@@ -9,13 +13,17 @@ import jax
 import numpy as np
 
 from dlx_jax import distributions
-from dlx_jax.data import check_sample, load_galton_heights, load_table
-from experiments import _quick
+from dlx_jax.data import check_sample, load_book_heights, load_galton_heights
+from experiments import _book, _quick
 from experiments._cli import check_config, cli
 from experiments._outputs import StepOutput
 from experiments._plots import plt
 
 QUICK = _quick.QUICK["step02_mle"]
+DATASETS = {
+    "book": (load_book_heights, "the book's height.txt (cm)"),
+    "galton": (load_galton_heights, "Galton's sons (cm)"),
+}
 
 
 @dataclass(frozen=True)
@@ -24,7 +32,7 @@ class Config:
     seed: int = 0
     quick: bool = False
     plots: bool = True
-    data: str | None = None
+    data: str = "book"
     a: float = 160.0
     b: float = 180.0
     n_generated: int = 10_000
@@ -32,7 +40,8 @@ class Config:
 
     SUMMARY = ("n", "mu", "sigma", "p_le_a", "p_gt_b")
     HELP = {
-        "data": "one-column file of heights (e.g. the book's height.txt); default: Galton's 481 sons, in cm",
+        "data": "book (the book's height.txt, 25,000 heights), galton (Galton's 481 sons, cm) or a "
+        "one-column file of numbers",
         "a": "report P(x <= a) under the fitted normal",
         "b": "report P(x > b) under the fitted normal",
         "n_generated": "samples drawn from the fitted normal for the generated-vs-original figure",
@@ -46,9 +55,10 @@ class Config:
 
 def load_data(config: Config) -> tuple[np.ndarray, str]:
     """The 1-D sample (float64) and a label for it; raises ValueError for a bad --data file."""
-    if config.data is None:
-        return load_galton_heights(), "Galton's sons (cm)"
-    x = load_table(config.data, ncols=1)
+    if config.data in DATASETS:
+        loader, label = DATASETS[config.data]
+        return loader(), label
+    x = _book.load_file(config.data, ncols=1, names=DATASETS)
     if x.size < 2:
         raise ValueError(f"{config.data} holds {x.size} value; fitting a normal needs at least 2")
     check_sample(x, source=f"--data {config.data}")  # float64 fit: magnitude, and a positive variance

@@ -1,5 +1,12 @@
 """Step 3 — the multivariate normal. The 2-D density as a surface and contours, then the maximum
-likelihood fit to real 2-D data (father and son heights) and samples drawn from it (book step 3)."""
+likelihood fit to real 2-D data and samples drawn from it (book step 3).
+
+Default data: the book's own ``height_weight.txt`` (25,000 × (height cm, weight kg), vendored);
+``--data galton`` selects Galton's (father, son) heights; any other value is a two-column file.
+Also the book's small scripts: ``numpy_basis.py`` / ``numpy_matrix.py``'s printed values
+(``book_dot``, ``book_matmul``, ``book_det``, ``book_inverse``, ``book_mvn_pdf``), ``plot_3d.py``
+(``book_plot_3d.png``) and ``mle.py``'s fit as the book draws it: ``np.cov`` (ddof 1) as a 3-D surface
+beside its contours over the first 500 points (``mle_surface_book.png``)."""
 
 from __future__ import annotations
 
@@ -10,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlx_jax import distributions
-from dlx_jax.data import check_sample, load_galton_father_son, load_table
-from experiments import _quick
+from dlx_jax.data import check_sample, load_book_height_weight, load_galton_father_son
+from experiments import _book, _quick
 from experiments._cli import check_config, cli
 from experiments._outputs import StepOutput
 from experiments._plots import plt
@@ -19,6 +26,14 @@ from experiments._plots import plt
 BOOK_MU = (0.5, -0.2)
 BOOK_COV = ((2.0, 0.3), (0.3, 0.5))
 QUICK = _quick.QUICK["step03_mvn"]
+DATASETS = {
+    "book": (load_book_height_weight, "the book's height_weight.txt", ("height (cm)", "weight (kg)")),
+    "galton": (
+        load_galton_father_son,
+        "Galton's fathers and sons",
+        ("father height (cm)", "son height (cm)"),
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -27,13 +42,14 @@ class Config:
     seed: int = 0
     quick: bool = False
     plots: bool = True
-    data: str | None = None
+    data: str = "book"
     grid_size: int = 100
     n_generated: int = 0
 
     SUMMARY = ("n", "mean", "correlation")
     HELP = {
-        "data": "two-column file (e.g. height, weight); default: Galton's (father, son) heights in cm",
+        "data": "book (the book's height_weight.txt: 25,000 × (cm, kg)), galton (Galton's (father, son) "
+        "heights, cm) or a two-column file of numbers",
         "grid_size": "points per axis of the density surfaces and contours (quick mode: 40)",
         "n_generated": "samples drawn from the fit for the generated-vs-original figure (0: as many as data)",
     }
@@ -45,13 +61,10 @@ class Config:
 
 def load_data(config: Config) -> tuple[np.ndarray, str, tuple[str, str]]:
     """The (n, 2) float64 sample, a label and axis names; raises ValueError for a bad --data file."""
-    if config.data is None:
-        return (
-            load_galton_father_son(),
-            "Galton's fathers and sons",
-            ("father height (cm)", "son height (cm)"),
-        )
-    x = load_table(config.data, ncols=2)
+    if config.data in DATASETS:
+        loader, label, axis_names = DATASETS[config.data]
+        return loader(), label, axis_names
+    x = _book.load_file(config.data, ncols=2, names=DATASETS)
     if x.shape[0] < 3:
         raise ValueError(f"{config.data} holds {x.shape[0]} rows; a 2-D covariance fit needs at least 3")
     check_sample(x, source=f"--data {config.data}")  # float64 fit: magnitude, each column varies
@@ -130,6 +143,7 @@ def _metrics(x: np.ndarray, label: str, book: dict, fit: dict) -> dict:
         "correlation": float(cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1])),
         "mean_log_likelihood": fit["mean_log_likelihood"],
         "book_pdf_at_mean": book["pdf_at_mean"],
+        **_book.numpy_matrix_values(),
         "n_generated": len(fit["generated"]),
         "generated_mean": fit["generated_mean"],
         "generated_cov": fit["generated_cov"],
@@ -166,6 +180,28 @@ def _figures(out: StepOutput, x: np.ndarray, label: str, axis_names: tuple[str, 
     for ax in axes:
         ax.contour(fx, fy, fit_density, levels=8, cmap="plasma", alpha=0.5)
     out.figure(fig, "generated_vs_original")
+    _book.plot_3d_figure(out)
+    _book_mle_figure(out, x, axis_names, fit)
+
+
+def _book_mle_figure(out: StepOutput, x: np.ndarray, axis_names: tuple[str, str], fit: dict) -> None:
+    """``step03/mle.py``'s figure: the fit with ``np.cov``'s ddof-1 covariance as a 3-D surface, and
+    its contours over the first 500 points."""
+    fx, fy = fit["fx"], fit["fy"]
+    with jax.enable_x64(True):
+        grid = np.stack([fx, fy], axis=-1)
+        density = np.asarray(distributions.mvn_pdf(grid, fit["mean"], fit["cov_unbiased"]))
+    fig = plt.figure(figsize=(11, 4.5))
+    ax3 = fig.add_subplot(1, 2, 1, projection="3d")
+    ax3.plot_surface(fx, fy, density, cmap="viridis")
+    ax3.set(title="MLE fit, covariance with ddof 1 (np.cov)", xlabel=axis_names[0], ylabel=axis_names[1])
+    ax = fig.add_subplot(1, 2, 2)
+    small = x[:500]
+    ax.scatter(small[:, 0], small[:, 1], s=8, alpha=0.6)
+    ax.contour(fx, fy, density)
+    ax.set(title=f"the first {len(small)} points and the fit's contours", xlabel=axis_names[0])
+    ax.set_ylabel(axis_names[1])
+    out.figure(fig, "mle_surface_book")
 
 
 def main(config: Config) -> dict:

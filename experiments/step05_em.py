@@ -2,7 +2,7 @@
 parameters (k = 2, φ = (0.5, 0.5), μ = ((0, 50), (0, 100)), Σ = (I, I), stop when the mean
 log-likelihood changes by less than 1e-4, at most 100 updates), in float64 inside one compiled
 ``lax.while_loop``; or from ``--restarts N`` random initialisations fitted in one vmapped call
-(book chapter 5)."""
+(book chapter 5). Also notebook 05's KL cell (``book_kl``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from dlx_jax import mixture
 from dlx_jax.data import check_sample, load_old_faithful, load_table
-from experiments import _quick
+from experiments import _book, _quick
 from experiments._cli import check_config, cli
 from experiments._outputs import StepOutput
 from experiments._plots import OLD_FAITHFUL_AXES, data_vs_samples, gmm_density_grid, plt
@@ -161,6 +161,7 @@ def _metrics(data: np.ndarray, result: dict) -> dict:
         "weights": result["weights"],
         "means": result["means"],
         "covariances": result["covariances"],
+        "book_kl": _book.kl_values(),  # notebook 05's KL cell: KL((0.7, 0.3) ‖ q) for three q
         **result["extra"],
     }
 

@@ -4,11 +4,16 @@ Four small programs from the book, with JAX in place of PyTorch's autograd:
 
 1. the gradient of y = 3x² at x = 5 (dy/dx = 6x = 30);
 2. gradient descent on the Rosenbrock function y = 100 (x1 − x0²)² + (x0 − 1)² from (0, 2), lr 0.001,
-   10,000 steps in ``lax.scan`` (the book ends at (0.99448, 0.98896); the minimum is (1, 1));
+   10,000 steps in ``lax.scan`` (the book ends at (0.99448, 0.98896); the minimum is (1, 1)); the
+   positions every 1,000 steps are ``rosenbrock_every_1000``; notebook 06 prints them from a loop whose
+   first update counts the gradient twice (:func:`book_loop_descent`, ``rosenbrock_book_loop_every_1000``);
 3. linear regression y = Wx + b on y = 5 + 2x + U(0, 1) noise by gradient descent on the mean squared
    error (lr 0.1, 100 steps), next to the closed-form least-squares fit;
 4. an MLP 1-10-1 with a sigmoid hidden layer fitting y = sin(2πx) + U(0, 1) noise (full-batch SGD via
    optax, lr 0.2, 10,000 steps; the book's loss ends near 0.08).
+
+And ``vision.py``: the image dataset's size, first image (``vision_first_image.png``), its label and
+shape and one batch's shape (``vision_*``; the embedded ``mnist-5k``, where the book downloads MNIST).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 import optax
 
 from dlx_jax import nn, training
-from experiments import _quick
+from experiments import _book, _quick
 from experiments._cli import check_config, cli
 from experiments._outputs import StepOutput
 from experiments._plots import plt
@@ -99,6 +104,16 @@ def gradient_descent(f, p0, *, lr: float, iters: int):
         return p_next, p_next
 
     _, path = jax.lax.scan(step, p0, length=iters)
+    return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), p0, path)
+
+
+def book_loop_descent(f, p0, *, lr: float, iters: int):
+    """Gradient descent as the book's notebook 06 runs it: its cell prints ∇f(p0) before the loop and
+    never zeroes it, so PyTorch accumulates it into the first update, p1 = p0 − lr · 2∇f(p0); the other
+    ``iters − 1`` updates are plain. Returns the path ``(iters + 1, *p0.shape)`` like
+    :func:`gradient_descent`, whose positions the notebook prints every 1,000 steps."""
+    p1 = jax.tree.map(lambda a, g: a - lr * (g + g), p0, jax.grad(f)(p0))
+    path = gradient_descent(f, p1, lr=lr, iters=iters - 1)
     return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), p0, path)
 
 
@@ -195,6 +210,9 @@ def run_all(
     p0 = jnp.array(ROSENBROCK_START, dtype=jnp.float32)
     res["rosenbrock_grad_at_start"] = jax.grad(rosenbrock)(p0)
     res["rosenbrock_path"] = gradient_descent(rosenbrock, p0, lr=rosenbrock_lr, iters=rosenbrock_iters)
+    res["rosenbrock_book_loop"] = book_loop_descent(rosenbrock, p0, lr=rosenbrock_lr, iters=rosenbrock_iters)[
+        ::1000
+    ]
 
     # 3. linear regression y = 5 + 2x + U(0, 1), from W = 0, b = 0
     x_lin = jax.random.uniform(key_lin_x, (n, 1))
@@ -250,6 +268,9 @@ def _metrics(config: Config, res: dict) -> dict:
         "rosenbrock_final": final,
         "rosenbrock_final_value": float(rosenbrock(final.astype(np.float64))),
         "rosenbrock_book_final": [0.99448, 0.98896],
+        "rosenbrock_every_1000": res["rosenbrock_path"][::1000],
+        "rosenbrock_book_every_1000": _book.PRINTED["step06_rosenbrock_every_1000"],
+        "rosenbrock_book_loop_every_1000": res["rosenbrock_book_loop"],
         "rosenbrock_iters": config.rosenbrock_iters,
         "linreg_W": w,
         "linreg_b": b,
@@ -267,9 +288,11 @@ def _metrics(config: Config, res: dict) -> dict:
 def main(config: Config) -> dict:
     _check(config)
     res = _compute(config)
-    metrics = _metrics(config, res)
+    vision, first_image = _book.vision_values()
+    metrics = {**_metrics(config, res), **vision}
     with StepOutput(config) as out:
         if out.plots:
+            _plot_first_image(out, first_image, vision)
             _plot_rosenbrock(out, res["rosenbrock_path"], config)
             _plot_linreg(out, res["x_lin64"], res["y_lin64"], res["fit"], res["lstsq"], res["lin_losses"])
             _plot_mlp(out, res, res["mlp_losses"])
@@ -277,6 +300,14 @@ def main(config: Config) -> dict:
 
 
 # ------------------------------------------------------------------------------ figures
+
+
+def _plot_first_image(out, image: np.ndarray, vision: dict) -> None:
+    """``vision.py``'s ``plt.imshow(x, cmap='gray')`` of the dataset's first training image."""
+    fig, ax = plt.subplots(figsize=(3.5, 3.5))
+    ax.imshow(image, cmap="gray")
+    ax.set_title(f"{vision['vision_dataset']}[0]: label {vision['vision_first_label']}")
+    out.figure(fig, "vision_first_image")
 
 
 def _plot_rosenbrock(out, path: np.ndarray, config: Config) -> None:

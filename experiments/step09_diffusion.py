@@ -1,8 +1,10 @@
 """Step 9 — DDPM diffusion on MNIST digits (book chapter 9).
 
-Shows the forward process on a real photo (matplotlib's sample ``grace_hopper.jpg``) and on a digit
-every 100 steps, trains the book's UNet (2,167,784 parameters at width 64) to predict the noise
-(linear β 1e-4 → 0.02, T = 1000, Adam 1e-3, batch 128, the book's 4,690 optimizer steps whatever the
+Shows the forward process on a real photo (``--photo``: the book's ``flower.png``, or ``grace-hopper``)
+and on a digit every 100 steps, and the book's step-by-step noising of the photo beside the closed form
+(``book_noising.png``, :mod:`experiments._book_noising`); trains the book's UNet (2,167,784 parameters
+at width 64) to predict the noise (linear β 1e-4 → 0.02, T = 1000, Adam 1e-3, batch 128, the book's
+4,690 optimizer steps whatever the
 dataset; ``--epochs`` overrides) through ``dlx_jax.training`` with an exponential moving average of
 the weights, and samples with the ancestral DDPM sampler (1,000 steps) and DDIM (50 steps), each one
 compiled loop. Samples are judged by numbers: the Fréchet distance of the project's CNN's penultimate
@@ -23,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlx_jax import diffusion
-from experiments import _diffusion, _diffusion_figures, _diffusion_judge, _diffusion_sampling
+from experiments import _book_noising, _diffusion, _diffusion_figures, _diffusion_judge, _diffusion_sampling
 from experiments._cli import cli
 from experiments._fitting import check_checkpoints
 from experiments._outputs import StepOutput
@@ -35,23 +37,14 @@ BOOK_FINAL_LOSS = 0.0181
 @dataclass(frozen=True)
 class Config(_diffusion.DiffusionConfig):
     out: str = "outputs/step09_diffusion"
+    photo: str = "flower"
 
     SUMMARY = ("final_loss", "sample_fid_ddpm", "sample_fid_ddim", "fid_real_floor", "train_steps")
-    HELP = _diffusion.COMMON_HELP
-    CHOICES = _diffusion.COMMON_CHOICES
-
-
-def photo() -> np.ndarray:
-    """matplotlib's sample photo of Grace Hopper, centre-cropped and resized to 64x64 RGB in [0, 1]."""
-    from matplotlib import cbook
-    from PIL import Image
-
-    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as img:
-        w, h = img.size
-        side = min(w, h)
-        box = ((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)
-        small = img.convert("RGB").crop(box).resize((64, 64), Image.Resampling.BILINEAR)
-        return np.asarray(small, np.float32) / 255.0
+    HELP = {
+        **_diffusion.COMMON_HELP,
+        "photo": "photo noised in the forward figures: flower (the book's) or grace-hopper",
+    }
+    CHOICES = {**_diffusion.COMMON_CHOICES, "photo": tuple(_book_noising.PHOTOS)}
 
 
 def figure_timesteps(config: Config) -> list[int]:
@@ -65,7 +58,10 @@ def forward_rows(config: Config, digit: np.ndarray, key: jax.Array) -> dict[str,
     ts = figure_timesteps(config)
     key_photo, key_digit = jax.random.split(key)
     rows = {}
-    for name, x0, k in (("photo", photo(), key_photo), ("digit", digit, key_digit)):
+    for name, x0, k in (
+        ("photo", _book_noising.load_photo(config.photo), key_photo),
+        ("digit", digit, key_digit),
+    ):
         eps = jax.random.normal(k, x0.shape, jnp.float32)
         rows[name] = [
             np.asarray(
@@ -104,6 +100,9 @@ def main(config: Config) -> dict:
         config, model, data, key_train, loss_options={}, fingerprint={"step": 9}
     )
     rows = forward_rows(config, data["x_test"][0], key_fwd)
+    book_noising = _book_noising.run(
+        jax.random.fold_in(key_fwd, 9), _diffusion.schedule(config), config.photo
+    )
     judge_params, judge_info = _diffusion_judge.judge(config, data, key_judge, epochs=sizes.judge_epochs)
     base, test_feats = _diffusion_judge.judge_baselines(judge_params, data, sizes.fid_samples)
     samples = draw_samples(config, model, state, data, key_s, n_fid=base["fid_num_images"])
@@ -114,6 +113,7 @@ def main(config: Config) -> dict:
         **base,
         "photo_mean_at_T": float(np.mean(rows["photo"][-1])),
         "photo_std_at_T": float(np.std(rows["photo"][-1])),
+        **book_noising.metrics,
         "ddpm_sample_seconds": samples["grid"].seconds,
         "ddim_sample_seconds": samples["ddim_grid"].seconds,
         "sampling_note": f"seconds for 20 images: {config.num_timesteps}-step DDPM, "
@@ -134,6 +134,7 @@ def main(config: Config) -> dict:
     with StepOutput(config, checkpoints=True) as out:
         if out.plots:
             figures(out, config, rows, samples, history)
+            _book_noising.figure(out, book_noising)
         return out.finish(m)
 
 

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import step06_autodiff
-from tests.helpers import ATOL_F32, RTOL_F32
+from experiments import _book, step06_autodiff
+from tests.helpers import ATOL_BOOK_ROSENBROCK_F32, ATOL_F32, RTOL_F32
 
 # The book's printed Rosenbrock end point has 5 decimals; float32 descent over 10,000 steps
 # lands within a few 1e-5 of it.
@@ -26,6 +26,19 @@ def test_quick_run_matches_the_book(tmp_path):
     np.testing.assert_array_equal(m["rosenbrock_grad_at_start"], [-2.0, 400.0])  # (-2(1-x0) ..., 200(x1-x0²))
     np.testing.assert_allclose(m["rosenbrock_final"], [0.99448, 0.98896], atol=TOL_BOOK_ROSENBROCK)
     assert m["rosenbrock_iters"] == 10_000
+    # notebook 06 prints (x0, x1) every 1,000 steps from a loop that counts the gradient it printed
+    # before the loop into the first update: book_loop_descent reproduces it
+    book = np.array(_book.PRINTED["step06_rosenbrock_every_1000"])
+    np.testing.assert_allclose(
+        m["rosenbrock_book_loop_every_1000"], book, atol=ATOL_BOOK_ROSENBROCK_F32, rtol=0
+    )
+    plain = np.array(m["rosenbrock_every_1000"])  # plain descent: x1 = 1.6 after one step, not 1.2
+    assert plain.shape == (11, 2) and np.abs(plain[1] - book[1]).max() > 1e-3
+    np.testing.assert_allclose(plain[-1], book[-1], atol=TOL_BOOK_ROSENBROCK)
+    # vision.py on the embedded mnist-5k (sorted by class; the book downloads MNIST: 60000, label 5)
+    assert m["vision_image_shape"] == list(_book.PRINTED["step06_vision_shape"][1:])  # HW (book: CHW)
+    assert m["vision_batch_shape"] == [32, 28, 28, 1]  # the book's (32, 1, 28, 28), channels last
+    assert (m["vision_size"], m["vision_first_label"]) == (4000, 0)
     # linear regression: 100 steps get close to, but not onto, the least-squares line
     assert abs(m["linreg_W"] - 2.0) < 0.5 and abs(m["linreg_b"] - 5.5) < 0.3
     assert abs(m["linreg_W_lstsq"] - 2.0) < 0.3 and abs(m["linreg_b_lstsq"] - 5.5) < 0.2
@@ -43,6 +56,7 @@ def test_quick_run_matches_the_book(tmp_path):
         "metrics.json",
         "mlp_fit.png",
         "rosenbrock_path.png",
+        "vision_first_image.png",
     ]
     assert json.loads((tmp_path / "metrics.json").read_text())["grad_3x2_at_5"] == 30.0
 

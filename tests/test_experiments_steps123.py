@@ -9,10 +9,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dlx_jax.data import load_galton_father_son, load_galton_heights
-from experiments import step01_normal, step02_mle, step03_mvn
+from dlx_jax.data import (
+    load_book_height_weight,
+    load_book_heights,
+    load_galton_father_son,
+    load_galton_heights,
+)
+from experiments import _book, step01_normal, step02_mle, step03_mvn
 from experiments._cli import cli
-from tests.helpers import RTOL_NUMPY_CONTRACT, SAMPLE_N_SE
+from tests.helpers import RTOL_BOOK_F64, RTOL_NUMPY_CONTRACT, SAMPLE_N_SE
 
 
 def _files(path):
@@ -34,9 +39,15 @@ def test_step01_normal_quick(tmp_path):
     ks = m["clt_sum_ks"]
     assert ks[-1] < ks[0] and ks[0] > 0.04  # a uniform is visibly not normal; a sum of 10 nearly is
     assert ks == pytest.approx(m["clt_mean_ks"], abs=1e-5)  # mean = sum / N: same standardised shape
+    # the book's sample_sum.py: the sum of N = 5 uniforms against N(5/2, 5/12)
+    sd5 = np.sqrt(5 / 12)
+    assert (m["clt_sum5_theory_mean"], m["clt_sum5_theory_std"]) == (2.5, pytest.approx(sd5))
+    assert abs(m["clt_sum5_mean"] - 2.5) < SAMPLE_N_SE * sd5 / np.sqrt(n)
+    assert abs(m["clt_sum5_std"] / sd5 - 1) < SAMPLE_N_SE * np.sqrt(1 / (2 * n)) * 2
     assert _files(tmp_path) == [
         "clt_mean.png",
         "clt_sum.png",
+        "clt_sum_n5.png",
         "config.json",
         "metrics.json",
         "mu_sigma_sweep.png",
@@ -45,8 +56,23 @@ def test_step01_normal_quick(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["pdf_at_0"] == m["pdf_at_0"]
 
 
-def test_step02_mle_default_data(tmp_path):
-    m = step02_mle.main(replace(step02_mle.Config(), out=str(tmp_path), quick=True))
+def test_step02_mle_default_data_is_the_books(tmp_path):
+    m = step02_mle.main(replace(step02_mle.Config(), out=str(tmp_path), quick=True, plots=False))
+    x = load_book_heights()
+    assert m["n"] == x.size == 25000 and m["data"] == "the book's height.txt (cm)"
+    assert step02_mle.Config().data == "book"
+    assert m["mu"] == pytest.approx(x.mean(), rel=RTOL_NUMPY_CONTRACT)
+    assert m["sigma"] == pytest.approx(x.std(), rel=RTOL_NUMPY_CONTRACT)
+    ref = stats.norm(x.mean(), x.std())
+    assert m["p_le_a"] == pytest.approx(ref.cdf(160.0), rel=RTOL_NUMPY_CONTRACT)
+    assert m["p_gt_b"] == pytest.approx(ref.sf(180.0), rel=RTOL_NUMPY_CONTRACT)
+    # the book's printed P(x <= 160) and P(x > 180) (notebook 02), to its digits up to a few ulps
+    assert m["p_le_a"] == pytest.approx(_book.PRINTED["step02_p_le_160"], rel=RTOL_BOOK_F64)
+    assert m["p_gt_b"] == pytest.approx(_book.PRINTED["step02_p_gt_180"], rel=RTOL_BOOK_F64)
+
+
+def test_step02_mle_galton_by_name(tmp_path):
+    m = step02_mle.main(replace(step02_mle.Config(), out=str(tmp_path), quick=True, data="galton"))
     x = load_galton_heights()
     assert m["n"] == x.size == 481
     assert m["mu"] == pytest.approx(x.mean(), rel=RTOL_NUMPY_CONTRACT)
@@ -86,8 +112,22 @@ def test_step02_mle_data_file_matches_numpy(tmp_path):
     assert json.loads((out / "config.json").read_text())["data"] == str(data)
 
 
-def test_step03_mvn_default_data(tmp_path):
-    m = step03_mvn.main(replace(step03_mvn.Config(), out=str(tmp_path), quick=True))
+def test_step03_mvn_default_data_is_the_books(tmp_path):
+    m = step03_mvn.main(replace(step03_mvn.Config(), out=str(tmp_path), quick=True, plots=False))
+    x = load_book_height_weight()
+    assert m["n"] == 25000 and m["data"] == "the book's height_weight.txt"
+    assert step03_mvn.Config().data == "book"
+    np.testing.assert_allclose(m["mean"], x.mean(0), rtol=RTOL_NUMPY_CONTRACT)
+    np.testing.assert_allclose(m["cov"], np.cov(x, rowvar=False, ddof=0), rtol=RTOL_NUMPY_CONTRACT)
+    # the book's mle.py: np.cov, ddof 1
+    np.testing.assert_allclose(m["cov_unbiased"], np.cov(x, rowvar=False), rtol=RTOL_NUMPY_CONTRACT)
+    # numpy_matrix.py's printed values
+    assert m["book_mvn_pdf"] == pytest.approx(_book.PRINTED["step03_mvn_pdf"], rel=RTOL_BOOK_F64)
+    assert m["book_det"] == pytest.approx(_book.PRINTED["step03_det"], rel=RTOL_BOOK_F64)
+
+
+def test_step03_mvn_galton_by_name(tmp_path):
+    m = step03_mvn.main(replace(step03_mvn.Config(), out=str(tmp_path), quick=True, data="galton"))
     x = load_galton_father_son()
     assert m["n"] == 481
     np.testing.assert_allclose(m["mean"], x.mean(0), rtol=RTOL_NUMPY_CONTRACT)
@@ -99,10 +139,12 @@ def test_step03_mvn_default_data(tmp_path):
     assert m["book_pdf_at_mean"] == pytest.approx(book.pdf(step03_mvn.BOOK_MU), rel=1e-5)  # float32 grid path
     assert 0.2 < m["correlation"] < 0.6  # fathers and sons: the correlation Galton found
     assert _files(tmp_path) == [
+        "book_plot_3d.png",
         "config.json",
         "generated_vs_original.png",
         "metrics.json",
         "mle_contour.png",
+        "mle_surface_book.png",
         "mvn_surface_contour.png",
     ]
 

@@ -8,8 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from experiments import step04_gmm, step05_em
-from tests.helpers import ATOL_BOOK_3DP
+from experiments import _book, step04_gmm, step05_em
+from tests.helpers import ATOL_BOOK_3DP, RTOL_BOOK_F64
 
 
 def test_step04(tmp_path):
@@ -35,6 +35,8 @@ def test_step05_book_numbers(tmp_path):
     np.testing.assert_allclose(on_disk["means"], [[2.037, 54.480], [4.290, 79.970]], atol=ATOL_BOOK_3DP)
     assert np.asarray(on_disk["covariances"]).shape == (2, 2, 2)
     assert metrics["converged"] is True
+    # notebook 05's KL cell
+    np.testing.assert_allclose(on_disk["book_kl"], _book.PRINTED["step05_kl"], rtol=RTOL_BOOK_F64, atol=0.0)
     for name in ("em_contour.png", "log_likelihood.png", "em_samples.png"):
         assert (tmp_path / name).is_file()
 

@@ -1,0 +1,60 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Step 9 — the diffusion model
+#
+# The book's `step09`: `gaussian_noise.py` (noising `flower.png` one step at a time, and by the closed
+# form), `simple_unet.py` and `diffusion_model.py` (DDPM on MNIST). Quick mode.
+
+# %%
+# On a hosted notebook service (Colab, Kaggle, ...) install this project first; on a checkout, nothing.
+import importlib.util
+import os
+import subprocess
+import sys
+
+if importlib.util.find_spec("dlx_jax") is None:  # set DLX_JAX_PIP to where your copy lives
+    source = os.environ.get("DLX_JAX_PIP", "git+https://github.com/YOUR-ACCOUNT/dlx-jax")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", source], check=True)
+
+# %%
+from experiments import _book, _notebook, step09_diffusion
+
+cfg = _notebook.config(step09_diffusion)
+metrics = step09_diffusion.main(cfg)
+
+# %% [markdown]
+# `gaussian_noise.py`: x_t every 100 steps, step by step (top) and from q(x_t | x_0) (bottom). Both
+# are the same distribution: the standardized pixels have mean ≈ 0 and standard deviation ≈ 1.
+
+# %%
+_notebook.show(cfg, "book_noising")
+print(
+    "image shape:",
+    metrics["noising_photo_shape"],
+    "(the book prints",
+    _book.PRINTED["step09_flower_shape"],
+    ")",
+)
+for t, m, s in zip(
+    metrics["noising_t"], metrics["noising_stepwise_z_mean"], metrics["noising_stepwise_z_std"], strict=True
+):
+    print(f"t = {t:>4}: standardized step-by-step pixels: mean {m:+.4f}, std {s:.4f}")
+
+# %%
+_notebook.compare([("final training loss", _book.PRINTED["step09_final_loss"], metrics["final_loss"])])
+print("(the book: 10 epochs of 60,000 digits at width 64; here: quick mode)")
+
+# %%
+_notebook.show(cfg, "forward_noising", "samples", "denoising_trajectory", "loss_curve")
