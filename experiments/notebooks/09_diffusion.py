@@ -24,8 +24,10 @@ import os
 import subprocess
 import sys
 
-if importlib.util.find_spec("dlx_jax") is None:  # set DLX_JAX_PIP to where your copy lives
-    source = os.environ.get("DLX_JAX_PIP", "git+https://github.com/YOUR-ACCOUNT/dlx-jax")
+if importlib.util.find_spec("dlx_jax") is None:  # e.g. %env DLX_JAX_PIP=git+https://github.com/OWNER/dlx-jax
+    source = os.environ.get("DLX_JAX_PIP")  # a pip source of this project: a git URL or an uploaded wheel
+    if not source:
+        raise RuntimeError("dlx_jax is not installed: set DLX_JAX_PIP to a pip source of this project, rerun")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", source], check=True)
 
 # %%
