@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import _fitting, _quick
+from experiments import _ensembles, _fitting, _quick
 from experiments._cli import check_config, cli
 from experiments._outputs import StepOutput
 from experiments._plots import plt
@@ -44,6 +44,7 @@ class Config:
     batch_size: int = 128
     lr: float = 1e-3
     resume: bool = False
+    ensemble: int = 1
     devices: int | None = None
     coordinator: str | None = None
     num_processes: int | None = None
@@ -58,6 +59,7 @@ class Config:
         "batch_size": "examples per Adam step",
         "lr": "Adam learning rate",
         "resume": "continue from OUT/checkpoints (same settings) instead of starting over (jax backend)",
+        "ensemble": _ensembles.HELP + " (jax backend)",
         **_fitting.MESH_HELP,
     }
     CHOICES = {"backend": ["jax", "numpy"], "dataset": ["mnist-5k", "mnist", "fashion-mnist"]}
@@ -108,8 +110,12 @@ def _validate(config: Config):
         raise ValueError(f"--lr must be > 0, got {config.lr}")
     if config.resume and config.backend != "jax":
         raise ValueError("--resume needs --backend jax (the numpy reference keeps no checkpoints)")
-    if config.backend != "jax" and (config.devices not in (None, 1) or config.coordinator is not None):
-        raise ValueError("--devices and the multi-process flags need --backend jax (numpy runs on one CPU)")
+    if config.backend != "jax" and (
+        config.devices not in (None, 1) or config.coordinator is not None or config.ensemble != 1
+    ):
+        raise ValueError(
+            "--devices, --ensemble and the multi-process flags need --backend jax (numpy trains one model)"
+        )
     if config.backend == "jax":
         _fitting.check_checkpoints(config)
     ds = load_dataset(config.dataset, data_dir=config.data_dir)
@@ -189,6 +195,96 @@ def _train_jax(config: Config, epochs: int, x_train, y_train, x_test, y_test, pr
     return state.params, curves, preds, compile_s
 
 
+def _train_ensemble(config: Config, epochs: int, x_train, y_train, x_test, y_test, progress, *, mesh):
+    """``--ensemble M``: the members trained in one vmapped call (:mod:`experiments._ensembles`), then
+    one after another for the time ratio. Returns ``(stacked params, curves, ensemble predictions,
+    compile seconds, ensemble metrics)``; the ensemble predicts by its members' mean probabilities."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from dlx_jax import cnn, training
+    from dlx_jax.data import to_float_images
+
+    size = config.ensemble
+    optimizer = optax.adam(config.lr)
+    keys_init, keys_train = _ensembles.member_keys(config.seed, size)
+    init = jax.vmap(lambda k: training.init_state(cnn.init_params(k), optimizer))
+    data = (to_float_images(x_train), np.asarray(y_train, np.int32))
+    epoch = training.make_epoch_fn(
+        training.make_train_step(cnn.train_loss, optimizer), batch_size=config.batch_size
+    )
+    states, keys = _ensembles.layout((init(keys_init), keys_train), mesh)
+    shared = training.replicate(data, mesh)
+    start = time.perf_counter()
+    epoch_fn = _ensembles.vmapped_epoch(epoch).lower(keys, states, shared).compile()
+    compile_s = time.perf_counter() - start
+    xt = jnp.asarray(to_float_images(x_test))
+    probs_fn = jax.jit(jax.vmap(lambda p: jax.nn.softmax(cnn.apply(p, xt), axis=-1)))
+
+    def accuracies(epoch: int, state: training.TrainState) -> dict:
+        probs = np.asarray(training.gather(probs_fn(state.params)))  # (M, n, 10)
+        members = np.mean(np.argmax(probs, -1) == y_test, axis=1)
+        ensemble = float(np.mean(np.argmax(probs.mean(0), -1) == y_test))
+        progress.advance(epoch, test_acc=ensemble)
+        return {"member_test_accuracy": members, "test_accuracy": ensemble}
+
+    fingerprint = {
+        "model": "cnn",
+        "ensemble": size,
+        "dataset": config.dataset,
+        "n_train": len(y_train),
+        "quick": config.quick,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "seed": config.seed,
+    }
+    states, history, _ = _fitting.train(
+        config,
+        keys,
+        states,
+        shared,
+        epoch_fn=epoch_fn,
+        epochs=epochs,
+        fingerprint=fingerprint,
+        evaluate=accuracies,
+        progress=False,
+    )
+    seq_states, seq_s, _ = _ensembles.sequential(
+        epoch, keys_train, init(keys_init), jax.tree_util.tree_map(jnp.asarray, data), epochs=epochs
+    )
+    params = training.gather(states.params)
+    probs = np.asarray(training.gather(probs_fn(states.params)))
+    last = history["eval"][-1]
+    vmapped_s = float(np.sum(history["epoch_seconds"]))
+    extra = {
+        "ensemble_size": size,
+        "member_seeds": list(range(config.seed, config.seed + size)),
+        "member_test_accuracy": last["member_test_accuracy"],
+        "member_mean_test_accuracy": float(np.mean(last["member_test_accuracy"])),
+        "ensemble_test_accuracy": last["test_accuracy"],
+        "ensemble_train_seconds": vmapped_s,
+        "sequential_train_seconds": seq_s,
+        "ensemble_speedup": seq_s / vmapped_s,
+        "ensemble_vs_sequential_max_param_diff": max(
+            float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+            for a, b in zip(
+                jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(seq_states.params), strict=True
+            )
+        ),
+        "ensemble_note": f"{size} CNNs, member m trained with seed {config.seed}+m; ensemble = argmax of "
+        "the members' mean softmax probabilities; *_train_seconds exclude compilation (vmapped: one call "
+        "per epoch for all members; sequential: the single-model epoch, member after member); "
+        f"{mesh.devices.size} device(s)",
+    }
+    curves = {
+        "train_loss": history["loss"],
+        "test_accuracy": [row["test_accuracy"] for row in history["eval"]],
+        "epoch_seconds": history["epoch_seconds"],
+    }
+    return params, curves, np.argmax(probs.mean(0), -1), compile_s, extra
+
+
 def _train_numpy(config: Config, epochs: int, x_train, y_train, x_test, y_test, progress, *, mesh=None):
     from dlx_jax.data import to_float_images
     from reference_numpy import cnn as ref_cnn
@@ -261,12 +357,20 @@ def main(config: Config) -> dict:
         from dlx_jax import training
 
         mesh = _fitting.data_mesh(config)
-        training.check_divides(config.batch_size, mesh)
+        _ensembles.check(config, mesh)
+        if config.ensemble == 1:
+            training.check_divides(config.batch_size, mesh)
+    extra: dict = {}
     with _progress_bar(config, epochs) as progress:
-        train = _train_jax if config.backend == "jax" else _train_numpy
-        params, history, preds, compile_s = train(
-            config, epochs, x_train, y_train, x_test, y_test, progress, mesh=mesh
-        )
+        if config.ensemble > 1:
+            params, history, preds, compile_s, extra = _train_ensemble(
+                config, epochs, x_train, y_train, x_test, y_test, progress, mesh=mesh
+            )
+        else:
+            train = _train_jax if config.backend == "jax" else _train_numpy
+            params, history, preds, compile_s = train(
+                config, epochs, x_train, y_train, x_test, y_test, progress, mesh=mesh
+            )
 
     import jax.numpy as jnp
 
@@ -275,9 +379,12 @@ def main(config: Config) -> dict:
     params = {k: {n: jnp.asarray(v, jnp.float32) for n, v in layer.items()} for k, layer in params.items()}
     y_test = np.asarray(y_test)
     data = (x_train, y_train, x_test, y_test)
-    metrics = _metrics(config, epochs, data, params, history, preds, compile_s)
+    metrics = _metrics(config, epochs, data, params, history, preds, compile_s) | extra
+    if extra:  # the members' parameters stacked on a leading axis; n_params counts one member
+        metrics["n_params"] //= config.ensemble
+        metrics["params_path"] = "ensemble_params"
     with StepOutput(config, checkpoints=config.backend == "jax") as out:
-        training.save_params(out.path("params"), params)
+        training.save_params(out.path(metrics["params_path"]), params)
         if out.plots:
             _plot_curves(out, config, history)
             _plot_digits(out, config, x_test, y_test, preds)

@@ -113,6 +113,13 @@ def _resume(
     return state, int(meta["epoch"]), {k: list(v) for k, v in meta["history"].items()}, ""
 
 
+def _epoch_key(key: PRNGKeyArray, e: int) -> PRNGKeyArray:
+    """``fold_in(key, e)``, member by member for a batch of keys (an ensemble's ``(M,)`` keys)."""
+    if jnp.ndim(key) == 0:
+        return jax.random.fold_in(key, e)
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(key, e)
+
+
 def _run_epoch(
     epoch_fn: EpochFn, key: PRNGKeyArray, e: int, state: TrainState, data: Any, history: dict[str, list]
 ) -> tuple[TrainState, dict[str, float]]:
@@ -122,7 +129,7 @@ def _run_epoch(
         TrainingDivergedError: a non-finite mean (after it was recorded).
     """
     t0 = time.perf_counter()
-    state, metrics = epoch_fn(jax.random.fold_in(key, e), state, data)
+    state, metrics = epoch_fn(_epoch_key(key, e), state, data)
     means = {k: float(jnp.mean(v)) for k, v in metrics.items()}
     jax.block_until_ready(state)
     history["epoch_seconds"].append(time.perf_counter() - t0)
@@ -169,8 +176,13 @@ def fit(
     non-finite epoch loss stops the run with a ``ValueError``; the previous ``checkpoint_dir`` is
     left as it was.
 
+    **Ensembles.** ``key`` may be a batch of ``M`` keys with ``state`` stacked on a leading member
+    axis and ``epoch_fn`` vmapped over both (``jax.vmap(make_epoch_fn(...), in_axes=(0, 0, None))``):
+    member ``m`` then trains exactly as ``fit(key[m], state[m], ...)`` would (epoch key
+    ``fold_in(key[m], e)``), all members in one compiled call; ``history`` holds means over members.
+
     Args:
-        key: the run key.
+        key: the run key (or an ensemble's ``(M,)`` keys).
         state: the initial state (also the structure template for restoring).
         data: the training data (array or pytree), passed to every epoch.
         epoch_fn: ``jax.jit(make_epoch_fn(...))`` or :func:`make_stepped_epoch_fn`.
