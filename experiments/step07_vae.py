@@ -15,17 +15,19 @@ and checkpoints untouched.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dlx_jax import training, vae
 from dlx_jax.data import batch_indices
-from experiments import _fitting, _generative
+from experiments import _ensembles, _fitting, _generative
 from experiments._cli import cli
 from experiments._outputs import StepOutput
 
@@ -50,6 +52,7 @@ class Config:
     num_processes: int | None = None
     process_id: int | None = None
     compare_torch: str = "auto"
+    ensemble: int = 1
 
     SUMMARY = ("test_loss", "test_neg_elbo_nats", "test_iwae_nats", "final_loss_relative_gap")
     HELP = {
@@ -65,6 +68,7 @@ class Config:
         **_fitting.MESH_HELP,
         "compare_torch": "train the book's PyTorch model alongside: auto = when torch is installed "
         "and not --quick",
+        "ensemble": _ensembles.HELP + "; the ensemble's test likelihood is the mixture of the members",
     }
     CHOICES = {"compare_torch": ("auto", "on", "off")}
     LIMITS = _generative.VAE_LIMITS
@@ -136,6 +140,11 @@ def main(config: Config) -> dict:
     with_torch = _torch_wanted(config)
     _fitting.check_checkpoints(config)
     mesh = _fitting.data_mesh(config)  # before any other JAX work (a process joins a run only then)
+    _ensembles.check(config, mesh)
+    if config.ensemble > 1:
+        if with_torch and config.compare_torch == "on":
+            raise ValueError("--compare-torch on trains one model; pass --compare-torch off with --ensemble")
+        return _ensemble_main(config, _generative.load_images(config), mesh)
     training.check_divides(config.batch_size, mesh)
     data = _generative.load_images(config)
 
@@ -154,6 +163,101 @@ def main(config: Config) -> dict:
     with StepOutput(config, checkpoints=True) as out:
         if out.plots:
             _generative.figures(out, vae, params, data, key_plot, "VAE", curves, metrics["test_loss"])
+        return out.finish(metrics)
+
+
+# --- --ensemble M -------------------------------------------------------------------------------------
+
+
+def _member_bounds(iwae_k: int):
+    """``jit(bounds)(params, x, key) -> (n,)`` IWAE bounds per test image (binarized), one member."""
+
+    @jax.jit
+    def bounds(params, x, key):
+        xb = vae.binarize(x)
+        keys = jax.random.split(key, xb.shape[0])
+        one = lambda kx: vae.iwae_bound(kx[0], params, kx[1], num_samples=iwae_k)  # noqa: E731
+        return jax.lax.map(one, (keys, xb), batch_size=_generative.IWAE_CHUNK)
+
+    return bounds
+
+
+def _ensemble_scores(config: Config, params, x_test: np.ndarray, keys_eval) -> dict[str, Any]:
+    r"""Each member's scores, and the mixture of the members as the ensemble's test likelihood:
+    :math:`\log p_{ens}(x) = \log \frac1M \sum_m p_m(x)`, each :math:`p_m(x)` estimated by member m's
+    IWAE average (unbiased), so the estimate is again a lower bound in expectation (Jensen)."""
+    _, iwae_k = _generative.sizes(config)
+    x = jnp.asarray(x_test)
+    scores = jax.vmap(_generative.compiled_scores(vae, iwae_k), in_axes=(0, None, 0))(params, x, keys_eval)
+    bounds = jax.vmap(_member_bounds(iwae_k), in_axes=(0, None, 0))(params, x, keys_eval)  # (M, n)
+    mixture = jax.scipy.special.logsumexp(bounds, axis=0) - np.log(config.ensemble)
+    loss, neg_elbo, neg_iwae = (np.asarray(training.gather(v)) for v in scores)
+    return {
+        "test_loss": float(loss.mean()),
+        "test_neg_elbo_nats": float(neg_elbo.mean()),
+        "test_iwae_nats": float(neg_iwae.mean()),
+        "iwae_k": iwae_k,
+        "likelihood": _generative.LIKELIHOOD_NOTE,
+        "member_test_loss": loss.tolist(),
+        "member_test_iwae_nats": neg_iwae.tolist(),
+        "ensemble_test_iwae_nats": -float(jnp.mean(mixture)),
+    }
+
+
+def _ensemble_main(config: Config, data: dict, mesh) -> dict:
+    """``--ensemble M``: M VAEs (member m = seed S+m) in one vmapped call, then one after another."""
+    import optax
+
+    size, (epochs, _) = config.ensemble, _generative.sizes(config)
+    keys = [jax.random.split(jax.random.key(config.seed + m), 4) for m in range(size)]
+    key_init, key_train, key_eval, key_plot = (jnp.stack([k[i] for k in keys]) for i in range(4))
+    init = functools.partial(
+        vae.init_params, input_dim=784, hidden_dim=config.hidden_dim, latent_dim=config.latent_dim
+    )
+    optimizer = optax.adam(config.lr)
+    make_states = jax.jit(jax.vmap(lambda k: training.init_state(init(k), optimizer)))
+    epoch = training.make_epoch_fn(
+        training.make_train_step(vae.book_loss, optimizer), batch_size=config.batch_size
+    )
+    states, keys_run = _ensembles.layout((make_states(key_init), key_train), mesh)
+    shared = training.replicate(np.asarray(data["x_train"]), mesh)
+    epoch_fn = _ensembles.vmapped_epoch(epoch).lower(keys_run, states, shared).compile()
+    fingerprint = _generative.fingerprint(
+        config, model="vae", n_train=len(data["x_train"]), fields=("latent_dim", "hidden_dim"), ensemble=size
+    )
+    states, history, _ = _fitting.train(
+        config, keys_run, states, shared, epoch_fn=epoch_fn, epochs=epochs, fingerprint=fingerprint
+    )
+    _, seq_s, _ = _ensembles.sequential(
+        epoch, key_train, make_states(key_init), jnp.asarray(data["x_train"]), epochs=epochs
+    )
+    params = jax.tree_util.tree_map(jnp.asarray, training.gather(states.params))
+    vmapped_s = float(np.sum(history["epoch_seconds"]))
+    metrics: dict[str, Any] = {"loss_history": history["loss"], "final_loss": history["loss"][-1]}
+    metrics.update(_ensemble_scores(config, params, data["x_test"], key_eval))
+    metrics.update(
+        {
+            "epochs": epochs,
+            "num_train": len(data["x_train"]),
+            "num_test": len(data["x_test"]),
+            "ensemble_size": size,
+            "member_seeds": list(range(config.seed, config.seed + size)),
+            "ensemble_train_seconds": vmapped_s,
+            "sequential_train_seconds": seq_s,
+            "ensemble_speedup": seq_s / vmapped_s,
+            "ensemble_note": f"{size} VAEs, member m trained with seed {config.seed}+m; test_* are the "
+            "members' means; ensemble_test_iwae_nats is the mixture (1/M) sum_m p_m(x), each p_m by member "
+            "m's IWAE average (a lower bound in expectation); figures show member 0 (= the --seed run); "
+            "*_train_seconds exclude compilation",
+        }
+    )
+    with StepOutput(config, checkpoints=True) as out:
+        if out.plots:
+            member0 = jax.tree_util.tree_map(lambda a: a[0], params)
+            curves = {f"mean over {size} members": history["loss"]}
+            _generative.figures(
+                out, vae, member0, data, key_plot[0], "VAE member 0", curves, metrics["test_loss"]
+            )
         return out.finish(metrics)
 
 
