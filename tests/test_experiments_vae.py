@@ -16,6 +16,7 @@ import pytest
 from dlx_jax import training, vae
 from experiments import _generative, step07_vae, step08_hvae
 from experiments._cli import cli
+from tests.helpers import RTOL_ENSEMBLE_SCORES
 
 FAST = {"quick": True, "epochs": 2, "iwae_k": 4, "compare_torch": "off"}
 
@@ -42,6 +43,23 @@ def test_step07_resume_continues_to_the_same_numbers(tmp_path):
     assert resumed["test_loss"] == full["test_loss"]
     with pytest.raises(ValueError, match="other settings"):
         step07_vae.main(replace(cfg, out=str(tmp_path / "cut"), resume=True, lr=1e-3))
+
+
+def test_step07_ensemble_members_and_their_mixture(tmp_path):
+    """``--ensemble 2``: member 0 is the ``--seed 0`` run (its test loss and IWAE), the ensemble's test
+    likelihood is the mixture of the members (never worse than the best member's bound by more
+    than log M: log mean_m p_m >= max_m log p_m - log M), and both training times are reported."""
+    cfg = replace(step07_vae.Config(), plots=False, **FAST)
+    single = step07_vae.main(replace(cfg, out=str(tmp_path / "one")))
+    ens = step07_vae.main(replace(cfg, out=str(tmp_path / "two"), ensemble=2))
+    assert ens["member_seeds"] == [0, 1] and len(ens["member_test_iwae_nats"]) == 2
+    np.testing.assert_allclose(ens["member_test_loss"][0], single["test_loss"], rtol=RTOL_ENSEMBLE_SCORES)
+    np.testing.assert_allclose(
+        ens["member_test_iwae_nats"][0], single["test_iwae_nats"], rtol=RTOL_ENSEMBLE_SCORES
+    )
+    assert ens["ensemble_test_iwae_nats"] <= min(ens["member_test_iwae_nats"]) + np.log(2) + 1e-4
+    assert ens["test_loss"] == pytest.approx(np.mean(ens["member_test_loss"]))
+    assert ens["ensemble_speedup"] > 0 and (tmp_path / "two" / "checkpoints").is_dir()
 
 
 class Interrupted(Exception):
