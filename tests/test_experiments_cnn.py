@@ -117,6 +117,7 @@ def test_missing_idx_dir_raises_before_any_output(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_ensemble_trains_members_like_their_single_runs(tmp_path):
     """``--ensemble 2``: member m is the model ``--seed m`` trains alone (up to the rounding of a
     vmapped program), the ensemble averages their probabilities, and both times are reported."""
