@@ -32,6 +32,15 @@ With the default ``reg_covar=1e-6`` a component that collapses onto duplicate po
 finite: the M-step notices when the fast moment formula for the covariances has lost its digits
 to cancellation and recomputes them centred on the component means.
 
+**Large N on several devices.** Every sum over the data (the E-step's responsibilities, the
+M-step's sufficient statistics :math:`N_j`, :math:`\sum_i \gamma_{ij} x_i`,
+:math:`\sum_i \gamma_{ij} x_i x_i^\top`, the log-likelihood) is a reduction over the data axis, so
+data placed sharded over a device mesh, ``x = jax.device_put(x, training.batch_sharding(mesh))``
+(``n`` a multiple of the device count), makes :func:`fit`, :func:`em_step` and :func:`fit_restarts`
+compute each device's partial statistics and one all-reduce per update (XLA's SPMD partitioner;
+the parameters stay replicated, the restarts still vmapped). The numbers are those of one device up
+to the order of float32 sums.
+
 Every function preserves the floating dtype of its inputs (float32 in, float32 out; float64 in,
 float64 out). Functions are undecorated: the caller jits them (``max_iter``, ``n``, ``k``,
 ``n_init``, ``method`` and ``floor`` are static).
