@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from dlx_jax import diffusion, training, unet
-from experiments import _diffusion_judge, _fitting, _generative
+from experiments import _diffusion_judge, _diffusion_pretrained, _fitting, _generative
 from experiments._quick import QUICK as QUICK_BY_STEP
 
 BOOK_TRAIN_STEPS = 4690  # the book: 10 epochs of 60,000 digits at batch 128 (469 steps each)
@@ -64,6 +64,7 @@ class DiffusionConfig:
     judge: str = "auto"
     epoch_mode: str = "stepped"
     resume: bool = False
+    weights: str = "auto"
 
     # size options: at most what a run can hold in memory (checked by experiments._cli.check_config)
     LIMITS = {
@@ -100,8 +101,15 @@ COMMON_HELP = {
     "epoch_mode": "stepped (one compiled step per batch from Python; faster for convolutions on "
     "XLA:CPU) or scan (one compiled lax.scan per epoch); identical numbers",
     "resume": "continue from OUT/checkpoints (same settings) instead of starting over",
+    "weights": "auto: under --quick sample the project's shipped trained weights (mnist-5k; labelled "
+    "pretrained) instead of training, else train; pretrained: always sample them (no training; full sample "
+    "counts without --quick); train: train from scratch (under --quick the width-8 smoke model)",
 }
-COMMON_CHOICES = {"dataset": ("mnist-5k", "mnist", "fashion-mnist"), "epoch_mode": ("stepped", "scan")}
+COMMON_CHOICES = {
+    "dataset": ("mnist-5k", "mnist", "fashion-mnist"),
+    "epoch_mode": ("stepped", "scan"),
+    "weights": ("auto", "pretrained", "train"),
+}
 
 
 # --- settings and data -----------------------------------------------------------------------------
@@ -119,11 +127,16 @@ class RunSizes:
 
 
 def run_sizes(config: DiffusionConfig) -> RunSizes:
-    """The config's sizes, capped by :data:`QUICK` under ``--quick``."""
+    """The config's sizes, capped by :data:`QUICK` under ``--quick``. Sampling the shipped weights
+    (:func:`_diffusion_pretrained.use_pretrained`) keeps their stored BatchNorm statistics (no
+    re-estimation) and, under ``--quick``, judges ``pretrained_samples`` samples."""
+    pretrained = _diffusion_pretrained.use_pretrained(config)
     if not config.quick:
-        return RunSizes(
-            config.features, config.num_samples, config.fid_samples, JUDGE_EPOCHS, config.bn_recalibration
-        )
+        passes = 0 if pretrained else config.bn_recalibration
+        return RunSizes(config.features, config.num_samples, config.fid_samples, JUDGE_EPOCHS, passes)
+    if pretrained:
+        cap = QUICK["pretrained_samples"]
+        return RunSizes(config.features, min(config.num_samples, cap), min(config.fid_samples, cap), 0, 0)
     return RunSizes(
         features=min(config.features, QUICK["features"]),
         num_samples=min(config.num_samples, QUICK["num_samples"]),
@@ -133,10 +146,22 @@ def run_sizes(config: DiffusionConfig) -> RunSizes:
     )
 
 
+def ddpm_fid(config: DiffusionConfig) -> bool:
+    """``--ddpm-fid``, except under ``--quick`` with the shipped weights (1,000 network calls per
+    image at width 32 would take most of the main job's minutes)."""
+    return config.ddpm_fid and not (config.quick and _diffusion_pretrained.use_pretrained(config))
+
+
 def quick_note(config: DiffusionConfig, samples: str) -> str:
     """The metrics' ``quick_note``: what ``--quick`` changed (empty for a full run)."""
     if not config.quick:
         return ""
+    if _diffusion_pretrained.use_pretrained(config):
+        return (
+            "quick mode: sampled the shipped pretrained weights (no training), "
+            + samples.format(n=QUICK["pretrained_samples"])
+            + "; --weights train trains the width-8 smoke model instead"
+        )
     return (
         f"quick mode: width {QUICK['features']}, {QUICK['epochs']} epochs on {QUICK['n_train']:,} digits, "
         + samples.format(n=QUICK["num_samples"])
@@ -176,7 +201,10 @@ def validate(config: DiffusionConfig) -> None:
     if config.ema_warmup < 0:
         raise ValueError(f"--ema-warmup must be >= 0, got {config.ema_warmup}")
     schedule(config)  # β range / order errors from dlx_jax.diffusion
-    _diffusion_judge.reusable_judge(config)
+    if _diffusion_pretrained.use_pretrained(config):
+        _diffusion_pretrained.check(config, config.STEP)
+    else:
+        _diffusion_judge.reusable_judge(config)
 
 
 def schedule(config: DiffusionConfig) -> diffusion.Schedule:
@@ -259,6 +287,56 @@ def train(
     return state, history, info
 
 
+def trained_model(
+    config: DiffusionConfig,
+    data: dict[str, np.ndarray],
+    keys: tuple[jax.Array, jax.Array],
+    *,
+    conditional: bool,
+    loss_options: dict[str, Any],
+    fingerprint: dict[str, Any],
+) -> dict[str, Any]:
+    """The model to sample and its judge: trained here (:func:`train`, then the judge of
+    :func:`_diffusion_judge.judge`), or the shipped pretrained weights and judge
+    (:func:`_diffusion_pretrained.use_pretrained`; no training, the shipped run's loss curve).
+
+    Args:
+        keys: ``(key_train, key_judge)``.
+
+    Returns:
+        ``model``, ``state`` (a ``TrainState``), ``history``, ``info``, ``judge_params``,
+        ``judge_info`` and ``metrics`` (what the metrics say about the weights' origin).
+    """
+    key_train, key_judge = keys
+    if _diffusion_pretrained.use_pretrained(config):
+        model, params, stats, prov = _diffusion_pretrained.load_unet(config.STEP)
+        history, info = _diffusion_pretrained.training_record(prov)
+        judge_params, judge_info = _diffusion_pretrained.load_judge()
+        return {
+            "model": model,
+            "state": _diffusion_pretrained.pretrained_state(params, stats, prov),
+            "history": history,
+            "info": info,
+            "judge_params": judge_params,
+            "judge_info": judge_info,
+            "metrics": _diffusion_pretrained.metrics(prov),
+        }
+    model = build_model(config, conditional=conditional)
+    state, history, info = train(config, model, data, key_train, loss_options=loss_options,
+                                 fingerprint=fingerprint)  # fmt: skip
+    epochs = run_sizes(config).judge_epochs
+    judge_params, judge_info = _diffusion_judge.judge(config, data, key_judge, epochs=epochs)
+    return {
+        "model": model,
+        "state": state,
+        "history": history,
+        "info": info,
+        "judge_params": judge_params,
+        "judge_info": judge_info,
+        "metrics": {"weights": "trained here"},
+    }
+
+
 def recalibrate_batch_stats(
     config: DiffusionConfig,
     model: unet.UNet,
@@ -274,7 +352,8 @@ def recalibrate_batch_stats(
     ``--bn-recalibration`` train-mode forward passes on noisy training batches (random t, labels
     kept) update the statistics with PyTorch's momentum 0.1; the weights are not touched.
     """
-    if config.bn_recalibration == 0:
+    passes = run_sizes(config).bn_recalibration
+    if passes == 0:
         return batch_stats
     apply_fn = unet.make_apply_fn(model)
     sched = schedule(config)
@@ -291,7 +370,6 @@ def recalibrate_batch_stats(
         return xt, t, labels, mask
 
     stats_fn = jax.jit(training.make_stats_fn(apply_fn, noisy_batch))
-    passes = run_sizes(config).bn_recalibration
     return training.recalibrate_batch_stats(key, stats_fn, params, batch_stats, num_passes=passes)
 
 

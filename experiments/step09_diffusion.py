@@ -35,6 +35,7 @@ BOOK_FINAL_LOSS = 0.0181
 @dataclass(frozen=True)
 class Config(_diffusion.DiffusionConfig):
     out: str = "outputs/step09_diffusion"
+    STEP = "step09_diffusion"  # the name of its shipped weights (experiments._diffusion_pretrained)
 
     SUMMARY = ("final_loss", "sample_fid_ddpm", "sample_fid_ddim", "fid_real_floor", "train_steps")
     HELP = _diffusion.COMMON_HELP
@@ -99,18 +100,19 @@ def main(config: Config) -> dict:
     data = _diffusion.load_images(config)
     sizes = _diffusion.run_sizes(config)
     key_fwd, key_train, key_judge, key_s = jax.random.split(jax.random.key(config.seed), 4)
-    model = _diffusion.build_model(config, conditional=False)
-    state, history, info = _diffusion.train(
-        config, model, data, key_train, loss_options={}, fingerprint={"step": 9}
-    )
+    run = _diffusion.trained_model(config, data, (key_train, key_judge), conditional=False,
+                                   loss_options={}, fingerprint={"step": 9})  # fmt: skip
+    model, state, history, info = run["model"], run["state"], run["history"], run["info"]
+    judge_params = run["judge_params"]
     rows = forward_rows(config, data["x_test"][0], key_fwd)
-    judge_params, judge_info = _diffusion_judge.judge(config, data, key_judge, epochs=sizes.judge_epochs)
     base, test_feats = _diffusion_judge.judge_baselines(judge_params, data, sizes.fid_samples)
-    samples = draw_samples(config, model, state, data, key_s, n_fid=base["fid_num_images"])
+    raw = run["metrics"]["weights"] != "pretrained"  # the shipped weights are the EMA ones only
+    samples = draw_samples(config, model, state, data, key_s, n_fid=base["fid_num_images"], raw=raw)
 
     m: dict[str, Any] = {
         **_diffusion.training_metrics(history, info, BOOK_FINAL_LOSS),
-        **judge_info,
+        **run["metrics"],
+        **run["judge_info"],
         **base,
         "photo_mean_at_T": float(np.mean(rows["photo"][-1])),
         "photo_std_at_T": float(np.std(rows["photo"][-1])),
@@ -123,67 +125,80 @@ def main(config: Config) -> dict:
         if name in samples:
             sheet = _diffusion_judge.sample_sheet(judge_params, samples[name].x0, test_feats)
             m[f"sample_fid_{name}"] = sheet["fid"]
+            m[f"background_level_{name}"] = sheet["background_level"]
             m[f"sample_class_fractions_{name}"] = sheet["class_fractions"]
     n = base["fid_num_images"]
     m["fid_note"] = (
         f"Fréchet distance of the judge CNN's 1600-d penultimate features, {n} samples vs "
         f"{n} test images; floor = {n} training vs test images"
     )
-    m["quick_note"] = _diffusion.quick_note(config, "{n} judged samples (a smoke run)")
+    m["quick_note"] = _diffusion.quick_note(config, "{n} judged samples")
 
     with StepOutput(config, checkpoints=True) as out:
         if out.plots:
-            figures(out, config, rows, samples, history)
+            figures(out, config, rows, samples, history, pretrained=not raw)
         return out.finish(m)
 
 
 def draw_samples(
-    config: Config, model: Any, state: Any, data: dict, key: jax.Array, *, n_fid: int
+    config: Config, model: Any, state: Any, data: dict, key: jax.Array, *, n_fid: int, raw: bool = True
 ) -> dict[str, _diffusion_sampling.Samples]:
     """The grids (20 images: DDPM with its trajectory, DDIM with EMA and with raw weights, same noise)
     and the judged samples (``n_fid`` each: DDPM if ``--ddpm-fid``, DDIM, DDIM without EMA). The EMA
-    weights are sampled with BatchNorm statistics re-estimated for them."""
-    ema, raw, raw_stats = state.ema_params, state.params, state.model_state
+    weights are sampled with BatchNorm statistics re-estimated for them. ``raw=False`` (the shipped
+    weights, EMA only): no raw-weight samples."""
+    ema, raw_params, raw_stats = state.ema_params, state.params, state.model_state
     k_grid, k_ddpm, k_ddim, k_bn = jax.random.split(key, 4)
     stats = _diffusion.recalibrate_batch_stats(config, model, ema, raw_stats, data, k_bn)
     sample = functools.partial(_diffusion_sampling.sample, config, model)
     samples = {
         "grid": sample(ema, stats, k_grid, n=20, kind="ddpm"),
         "ddim_grid": sample(ema, stats, k_grid, n=20, kind="ddim"),
-        "raw_grid": sample(raw, raw_stats, k_grid, n=20, kind="ddim"),
     }
-    if config.ddpm_fid:
+    if raw:
+        samples["raw_grid"] = sample(raw_params, raw_stats, k_grid, n=20, kind="ddim")
+    if _diffusion.ddpm_fid(config):
         samples["ddpm"] = sample(ema, stats, k_ddpm, n=n_fid, kind="ddpm")
     samples["ddim"] = sample(ema, stats, k_ddim, n=n_fid, kind="ddim")
-    samples["ddim_no_ema"] = sample(raw, raw_stats, k_ddim, n=n_fid, kind="ddim")
+    if raw:
+        samples["ddim_no_ema"] = sample(raw_params, raw_stats, k_ddim, n=n_fid, kind="ddim")
     return samples
 
 
-def figures(out: StepOutput, config: Config, rows: dict, samples: dict, history: dict) -> None:
+def figures(
+    out: StepOutput, config: Config, rows: dict, samples: dict, history: dict, pretrained: bool
+) -> None:
+    weights = "pretrained EMA weights, shipped" if pretrained else "EMA weights"
     forward_figure(out, config, rows)
     _diffusion_figures.show_grid(
         out,
         samples["grid"].x0,
         2,
         10,
-        f"DDPM ({config.num_timesteps} steps, EMA weights): 20 samples",
+        f"DDPM ({config.num_timesteps} steps, {weights}): 20 samples",
         "samples",
     )
-    _diffusion_figures.show_grid(
-        out,
-        np.concatenate([samples["ddim_grid"].x0[:10], samples["raw_grid"].x0[:10]]),
-        2,
-        10,
-        f"DDIM {config.ddim_steps} steps, same noise: EMA weights (top) vs raw weights (bottom)",
-        "samples_ema_vs_raw",
-        yticks=[14, 42],
-        yticklabels=["EMA", "raw"],
-    )
+    if "raw_grid" in samples:
+        _diffusion_figures.show_grid(
+            out,
+            np.concatenate([samples["ddim_grid"].x0[:10], samples["raw_grid"].x0[:10]]),
+            2,
+            10,
+            f"DDIM {config.ddim_steps} steps, same noise: EMA weights (top) vs raw weights (bottom)",
+            "samples_ema_vs_raw",
+            yticks=[14, 42],
+            yticklabels=["EMA", "raw"],
+        )
+    else:
+        _diffusion_figures.show_grid(
+            out, samples["ddim_grid"].x0, 2, 10, f"DDIM {config.ddim_steps} steps ({weights})", "samples_ddim"
+        )
     trajectory = samples["grid"].trajectory
     _diffusion_figures.trajectory_figure(
-        out, trajectory.xs, trajectory.ts, "Denoising: x_T → x_0 (DDPM, EMA weights)"
+        out, trajectory.xs, trajectory.ts, f"Denoising: x_T → x_0 (DDPM, {weights})"
     )
-    _diffusion_figures.loss_figure(out, history, "Step 9 — DDPM training loss", BOOK_FINAL_LOSS)
+    loss_title = "Step 9 — DDPM training loss" + (" (the shipped pretrained run's)" if pretrained else "")
+    _diffusion_figures.loss_figure(out, history, loss_title, BOOK_FINAL_LOSS)
 
 
 if __name__ == "__main__":

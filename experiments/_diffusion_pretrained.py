@@ -1,0 +1,214 @@
+"""The project's own trained weights for steps 9 and 10 and their judge, shipped in the package.
+
+``dlx_jax/_datasets/weights/<name>/`` holds ``params/`` (one orbax folder written by
+:func:`dlx_jax.params_io.save_params`: float32 arrays, no pickle) and ``provenance.json`` (the
+exact command, the commit, the data, the run's metrics and loss curve). ``<name>`` is
+``step09_diffusion`` (the unconditional UNet), ``step10_guidance`` (the classifier-free-guidance
+UNet) or ``cnn_judge`` (the CNN that judges samples). The UNets are stored as their sampling
+weights: ``{"params": EMA weights, "batch_stats": BatchNorm statistics re-estimated for them}``,
+exactly what the run sampled from.
+
+``--weights`` of steps 9-10 chooses: ``auto`` samples these weights under ``--quick`` (the first
+run shows real digits in seconds) and trains otherwise; ``pretrained`` always samples them (full
+sample counts without ``--quick``); ``train`` trains from scratch (under ``--quick`` the width-8
+smoke model of before).
+
+Export a finished run (its ``checkpoints`` folder) with::
+
+    python -m experiments._diffusion_pretrained --run OUT --name step10_guidance \\
+        --command "python -m experiments.step10_guidance ..." --commit <sha>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from dlx_jax import cnn, params_io, training, unet
+
+WEIGHTS_DIR = Path(str(resources.files("dlx_jax") / "_datasets" / "weights"))
+UNET_NAMES = ("step09_diffusion", "step10_guidance")
+JUDGE_NAME = "cnn_judge"
+DATASET = "mnist-5k"  # the data every shipped model was trained on
+WEIGHT_CHOICES = ("auto", "pretrained", "train")
+
+
+def use_pretrained(config: Any) -> bool:
+    """Whether a step samples the shipped weights: ``--weights pretrained``, or ``auto`` under
+    ``--quick`` on mnist-5k when the weights are there (else it trains, as before)."""
+    if config.weights == "pretrained":
+        return True
+    return config.weights == "auto" and config.quick and config.dataset == DATASET and _all_present()
+
+
+def _all_present() -> bool:
+    return all((WEIGHTS_DIR / n / "params").is_dir() for n in (*UNET_NAMES, JUDGE_NAME))
+
+
+def check(config: Any, name: str) -> None:
+    """Raise ``ValueError`` (before any work) when ``--weights pretrained`` cannot be honoured."""
+    if config.weights not in WEIGHT_CHOICES:
+        raise ValueError(f"--weights must be one of {', '.join(WEIGHT_CHOICES)}, got {config.weights!r}")
+    if config.weights != "pretrained":
+        return
+    if config.dataset != DATASET:
+        raise ValueError(
+            f"--weights pretrained: the shipped weights were trained on {DATASET}, not {config.dataset!r}; "
+            f"pass --dataset {DATASET} or --weights train"
+        )
+    for folder in (WEIGHTS_DIR / name, WEIGHTS_DIR / JUDGE_NAME):
+        if not (folder / "params").is_dir() or not (folder / "provenance.json").is_file():
+            raise ValueError(
+                f"--weights pretrained: no shipped weights in {folder} (params/ and provenance.json); "
+                "reinstall the package or pass --weights train"
+            )
+
+
+def provenance(name: str) -> dict[str, Any]:
+    """The ``provenance.json`` of shipped model ``name``."""
+    return json.loads((WEIGHTS_DIR / name / "provenance.json").read_text(encoding="utf-8"))
+
+
+def _unet_like(model: unet.UNet) -> dict[str, Any]:
+    params, stats = jax.eval_shape(lambda k: unet.init(k, model), jax.random.key(0))
+    return {"params": params, "batch_stats": stats}
+
+
+def load_unet(name: str, folder: Path | None = None) -> tuple[unet.UNet, Any, Any, dict[str, Any]]:
+    """``(model, params, batch_stats, provenance)`` of a shipped UNet (``folder`` overrides where)."""
+    folder = WEIGHTS_DIR / name if folder is None else Path(folder)
+    prov = json.loads((folder / "provenance.json").read_text(encoding="utf-8"))
+    model = unet.UNet(features=int(prov["features"]), num_labels=prov["num_labels"])
+    tree = params_io.load_params(folder / "params", _unet_like(model))
+    return model, tree["params"], tree["batch_stats"], prov
+
+
+def load_judge() -> tuple[Any, dict[str, Any]]:
+    """``(params, info)`` of the shipped judge CNN; ``info["judge_source"]`` says where it came from."""
+    prov = provenance(JUDGE_NAME)
+    params = cnn.load_params(WEIGHTS_DIR / JUDGE_NAME / "params")
+    note = (
+        f"pretrained (shipped): {prov['command']} at {prov['commit'][:10]}, "
+        f"test accuracy {prov['test_accuracy']}"
+    )
+    return params, {"judge_source": note}
+
+
+def pretrained_state(params: Any, batch_stats: Any, prov: dict[str, Any]) -> training.TrainState:
+    """A :class:`training.TrainState` whose raw and EMA weights are both the shipped sampling weights."""
+    return training.TrainState(np.int32(prov["train_steps"]), params, None, batch_stats, params)
+
+
+def training_record(prov: dict[str, Any]) -> tuple[dict[str, list], dict[str, Any]]:
+    """``(history, info)`` of the shipped run, shaped like :func:`experiments._diffusion.train`'s."""
+    history = {"loss": list(prov["loss_history"]), "epoch_seconds": list(prov.get("epoch_seconds", []))}
+    info = {k: prov[k] for k in ("epochs", "train_steps", "train_s", "num_params", "features")}
+    return history, info
+
+
+def metrics(prov: dict[str, Any]) -> dict[str, Any]:
+    """What the metrics say about the shipped weights (labelled ``pretrained``)."""
+    return {
+        "weights": "pretrained",
+        "pretrained_command": prov["command"],
+        "pretrained_commit": prov["commit"],
+        "pretrained_note": f"sampled from the shipped weights (dlx_jax/_datasets/weights/{prov['name']}): "
+        f"width {prov['features']}, {prov['train_steps']} steps on {prov['dataset']}; no training here",
+    }
+
+
+# --- export (run once per shipped model) -------------------------------------------------------------
+
+
+def export_unet(run: Path, name: str, dest: Path, *, command: str, commit: str) -> dict[str, Any]:
+    """Write ``dest/params`` (EMA weights + their re-estimated BatchNorm statistics, as the run sampled
+    them) and ``dest/provenance.json`` from a finished step-9/10 run folder ``run``."""
+    # export only: the steps (and _diffusion) import this module
+    from experiments import _diffusion, step09_diffusion, step10_guidance
+
+    module = step09_diffusion if name == "step09_diffusion" else step10_guidance
+    saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    fields = set(module.Config.__dataclass_fields__)
+    config = module.Config(**{k: v for k, v in saved.items() if k in fields})
+    model = _diffusion.build_model(config, conditional=name == "step10_guidance")
+    data = _diffusion.load_images(config)
+    params, stats = unet.init(jax.random.key(0), model)
+    like = training.init_state(params, optax.adam(config.lr), model_state=stats, ema=True)
+    state, meta = training.restore_checkpoint(run / "checkpoints", like)
+    # the key the step re-estimated BatchNorm with (its sampling key's last split)
+    key_s = jax.random.split(jax.random.key(config.seed), 4 if name == "step09_diffusion" else 3)[-1]
+    k_bn = jax.random.split(key_s, 4)[3] if name == "step09_diffusion" else jax.random.split(key_s)[1]
+    stats = _diffusion.recalibrate_batch_stats(config, model, state.ema_params, state.model_state, data, k_bn)
+    tree = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), {"params": state.ema_params,
+                                                                        "batch_stats": stats})  # fmt: skip
+    run_metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    prov = {
+        "name": name,
+        "command": command,
+        "commit": commit,
+        "dataset": config.dataset,
+        "data": f"{config.dataset}: the embedded 5,000 MNIST digits, 4,000 train (first 400 per class)",
+        "features": model.features,
+        "num_labels": model.num_labels,
+        "stored": f"EMA weights (decay {config.ema_decay}) + BatchNorm statistics re-estimated for them "
+        f"({config.bn_recalibration} passes)",
+        "config": saved,
+        "metrics": {k: v for k, v in run_metrics.items() if not isinstance(v, list | dict)},
+        "loss_history": meta["history"]["loss"],
+        "epoch_seconds": run_metrics.get("epoch_seconds", []),
+        **{k: run_metrics[k] for k in ("epochs", "train_steps", "train_s", "num_params")},
+    }
+    _write(dest, tree, prov)
+    return prov
+
+
+def export_judge(run: Path, dest: Path, *, command: str, commit: str) -> dict[str, Any]:
+    """Copy a finished ``experiments.cnn`` run's parameters (float32) with their provenance."""
+    params = cnn.load_params(run / "params")
+    run_metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    prov = {
+        "name": JUDGE_NAME,
+        "command": command,
+        "commit": commit,
+        "dataset": saved["dataset"],
+        "data": f"{saved['dataset']}: 4,000 train digits; test accuracy on its 1,000 test digits",
+        "config": saved,
+        "test_accuracy": run_metrics["test_accuracy"],
+        "metrics": {k: v for k, v in run_metrics.items() if not isinstance(v, list | dict)},
+    }
+    _write(dest, params, prov)
+    return prov
+
+
+def _write(dest: Path, tree: Any, prov: dict[str, Any]) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    params_io.save_params(dest / "params", tree, overwrite=True)
+    (dest / "provenance.json").write_text(json.dumps(prov, indent=1) + "\n", encoding="utf-8")
+
+
+def _main() -> None:
+    parser = argparse.ArgumentParser(description="Export a finished run's weights into the package.")
+    parser.add_argument("--run", required=True, help="the run's --out folder (with checkpoints/ or params/)")
+    parser.add_argument("--name", required=True, choices=(*UNET_NAMES, JUDGE_NAME))
+    parser.add_argument("--command", required=True, help="the exact command that trained the run")
+    parser.add_argument("--commit", required=True, help="the commit the run's code came from")
+    parser.add_argument("--dest", default=None, help="default: dlx_jax/_datasets/weights/NAME")
+    args = parser.parse_args()
+    dest = Path(args.dest) if args.dest else WEIGHTS_DIR / args.name
+    if args.name == JUDGE_NAME:
+        export_judge(Path(args.run), dest, command=args.command, commit=args.commit)
+    else:
+        export_unet(Path(args.run), args.name, dest, command=args.command, commit=args.commit)
+    print(f"wrote {dest}")
+
+
+if __name__ == "__main__":
+    _main()
