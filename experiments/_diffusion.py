@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from dlx_jax import diffusion, training, unet
-from experiments import _diffusion_judge, _diffusion_pretrained, _fitting, _generative
+from experiments import _diffusion_book, _diffusion_judge, _diffusion_pretrained, _fitting, _generative
 from experiments._quick import QUICK as QUICK_BY_STEP
 
 BOOK_TRAIN_STEPS = 4690  # the book: 10 epochs of 60,000 digits at batch 128 (469 steps each)
@@ -65,6 +65,7 @@ class DiffusionConfig:
     epoch_mode: str = "stepped"
     resume: bool = False
     weights: str = "auto"
+    preset: str = "project"
 
     # size options: at most what a run can hold in memory (checked by experiments._cli.check_config)
     LIMITS = {
@@ -105,10 +106,12 @@ COMMON_HELP = {
     "pretrained) instead of training, else train; pretrained: always sample them (no training; full sample "
     "counts without --quick); train: train from scratch (under --quick the width-8 smoke model)",
 }
+COMMON_HELP["preset"] = _diffusion_book.PRESET_HELP
 COMMON_CHOICES = {
     "dataset": ("mnist-5k", "mnist", "fashion-mnist"),
     "epoch_mode": ("stepped", "scan"),
     "weights": ("auto", "pretrained", "train"),
+    "preset": _diffusion_book.PRESETS,
 }
 
 
@@ -228,6 +231,8 @@ def epochs_for(config: DiffusionConfig, n_train: int) -> int:
         return min(config.epochs or QUICK["epochs"], QUICK["epochs"])
     if config.epochs is not None:
         return config.epochs
+    if config.preset == "book":
+        return _diffusion_book.epochs_for(config.train_steps, n_train, config.batch_size)
     return math.ceil(config.train_steps / (n_train // config.batch_size))
 
 
@@ -261,7 +266,9 @@ def train(
     step = training.make_train_step(
         loss_fn, optimizer, stateful=True, ema_decay=config.ema_decay, ema_warmup=config.ema_warmup
     )
-    if config.epoch_mode == "scan":
+    if config.preset == "book":  # the book keeps each epoch's last partial batch
+        epoch_fn = _diffusion_book.make_epoch_fn(step, batch_size=config.batch_size)
+    elif config.epoch_mode == "scan":
         epoch_fn = jax.jit(training.make_epoch_fn(step, batch_size=config.batch_size))
     else:
         epoch_fn = training.make_stepped_epoch_fn(step, batch_size=config.batch_size)
@@ -271,7 +278,7 @@ def train(
         config,
         model=f"unet-{model.features}-labels{model.num_labels or 0}",
         n_train=len(data["x_train"]),
-        fields=("num_timesteps", "beta_start", "beta_end", "ema_decay", "ema_warmup"),
+        fields=("num_timesteps", "beta_start", "beta_end", "ema_decay", "ema_warmup", "preset"),
         **fingerprint,
     )
     state, history, seconds = _fitting.train(

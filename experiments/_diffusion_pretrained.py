@@ -22,6 +22,7 @@ Export a finished run (its ``checkpoints`` folder) with::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from importlib import resources
 from pathlib import Path
@@ -42,14 +43,29 @@ WEIGHT_CHOICES = ("auto", "pretrained", "train")
 
 def use_pretrained(config: Any) -> bool:
     """Whether a step samples the shipped weights: ``--weights pretrained``, or ``auto`` under
-    ``--quick`` on mnist-5k when the weights are there (else it trains, as before)."""
+    ``--quick`` when nothing asks for training: the weights are there, mnist-5k, the shipped run's
+    noise schedule, and no ``--epochs``, ``--resume`` or ``--judge DIR`` (else it trains, as before)."""
     if config.weights == "pretrained":
         return True
-    return config.weights == "auto" and config.quick and config.dataset == DATASET and _all_present()
+    if not (config.weights == "auto" and config.quick and config.dataset == DATASET and _all_present()):
+        return False
+    asks_training = config.epochs is not None or config.resume or config.judge != "auto"
+    asks_training = asks_training or config.preset != "project"
+    return not asks_training and _schedule(config) == _shipped_schedule(config.STEP)
 
 
 def _all_present() -> bool:
-    return all((WEIGHTS_DIR / n / "params").is_dir() for n in (*UNET_NAMES, JUDGE_NAME))
+    return all((WEIGHTS_DIR / n / "provenance.json").is_file() for n in (*UNET_NAMES, JUDGE_NAME))
+
+
+def _schedule(config: Any) -> tuple[int, float, float]:
+    return (int(config.num_timesteps), float(config.beta_start), float(config.beta_end))
+
+
+@functools.cache
+def _shipped_schedule(name: str) -> tuple[int, float, float]:
+    saved = provenance(name)["config"]
+    return (int(saved["num_timesteps"]), float(saved["beta_start"]), float(saved["beta_end"]))
 
 
 def check(config: Any, name: str) -> None:
@@ -58,6 +74,11 @@ def check(config: Any, name: str) -> None:
         raise ValueError(f"--weights must be one of {', '.join(WEIGHT_CHOICES)}, got {config.weights!r}")
     if config.weights != "pretrained":
         return
+    if config.preset != "project":
+        raise ValueError(
+            f"--weights pretrained: the shipped weights come from the project's pipeline, not --preset "
+            f"{config.preset}; train it (--weights train) or leave --preset at project"
+        )
     if config.dataset != DATASET:
         raise ValueError(
             f"--weights pretrained: the shipped weights were trained on {DATASET}, not {config.dataset!r}; "
@@ -69,6 +90,12 @@ def check(config: Any, name: str) -> None:
                 f"--weights pretrained: no shipped weights in {folder} (params/ and provenance.json); "
                 "reinstall the package or pass --weights train"
             )
+    if _schedule(config) != _shipped_schedule(name):
+        raise ValueError(
+            f"--weights pretrained: the shipped {name} model was trained with T, β_1, β_T = "
+            f"{_shipped_schedule(name)}, not {_schedule(config)}; leave --num-timesteps, --beta-start and "
+            "--beta-end at their defaults or pass --weights train"
+        )
 
 
 def provenance(name: str) -> dict[str, Any]:
@@ -136,7 +163,7 @@ def export_unet(run: Path, name: str, dest: Path, *, command: str, commit: str) 
     module = step09_diffusion if name == "step09_diffusion" else step10_guidance
     saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
     fields = set(module.Config.__dataclass_fields__)
-    config = module.Config(**{k: v for k, v in saved.items() if k in fields})
+    config = module.Config(**{**{k: v for k, v in saved.items() if k in fields}, "weights": "train"})
     model = _diffusion.build_model(config, conditional=name == "step10_guidance")
     data = _diffusion.load_images(config)
     params, stats = unet.init(jax.random.key(0), model)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlx_jax import diffusion
-from experiments import _diffusion, _diffusion_figures, _diffusion_judge, _diffusion_sampling
+from experiments import _diffusion, _diffusion_book, _diffusion_figures, _diffusion_judge, _diffusion_sampling
 from experiments._cli import cli
 from experiments._fitting import check_checkpoints
 from experiments._outputs import StepOutput
@@ -95,6 +95,7 @@ def forward_figure(out: StepOutput, config: Config, rows: dict[str, list[np.ndar
 
 
 def main(config: Config) -> dict:
+    config = _diffusion_book.apply(config)  # --preset book: the book's settings
     _diffusion.validate(config)
     check_checkpoints(config)
     data = _diffusion.load_images(config)
@@ -133,10 +134,16 @@ def main(config: Config) -> dict:
         f"{n} test images; floor = {n} training vs test images"
     )
     m["quick_note"] = _diffusion.quick_note(config, "{n} judged samples")
+    m["preset"] = config.preset
+    n_train = len(data["x_train"])
+    if config.preset == "book":
+        m |= _diffusion_book.loss_metrics(Config.STEP, history, n_train, config.batch_size)
 
     with StepOutput(config, checkpoints=True) as out:
         if out.plots:
             figures(out, config, rows, samples, history, pretrained=not raw)
+            if config.preset == "book":
+                _diffusion_book.loss_figure(out, Config.STEP, history, n_train, config.batch_size)
         return out.finish(m)
 
 

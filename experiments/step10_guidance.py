@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from experiments import _diffusion, _diffusion_figures, _diffusion_judge, _diffusion_sampling
+from experiments import _diffusion, _diffusion_book, _diffusion_figures, _diffusion_judge, _diffusion_sampling
 from experiments._cli import cli
 from experiments._fitting import check_checkpoints
 from experiments._outputs import StepOutput
@@ -105,6 +105,7 @@ def _tag(gamma: float) -> str:
 
 
 def main(config: Config) -> dict:
+    config = _diffusion_book.apply(config)  # --preset book: the book's settings
     gammas = validate(config)
     data = _diffusion.load_images(config)
     sizes = _diffusion.run_sizes(config)
@@ -149,12 +150,39 @@ def main(config: Config) -> dict:
         f"{n_fid} test images; floor = training vs test images, same count"
     )
     m["quick_note"] = _diffusion.quick_note(config, "{n} samples per γ (see cfg_num_samples)")
+    m["preset"] = config.preset
+    book, n_train = None, len(data["x_train"])
+    if config.preset == "book":
+        book = book_grid(config, model, state, jax.random.fold_in(key_s, 16), run["judge_params"])
+        m |= book["metrics"] | _diffusion_book.loss_metrics(Config.STEP, history, n_train, config.batch_size)
 
     with StepOutput(config, checkpoints=True) as out:
         if out.plots:
             pretrained = run["metrics"]["weights"] == "pretrained"
             figures(out, config, history, sweep, gammas, base["judge_test_accuracy"], pretrained=pretrained)
+            if book is not None:
+                _diffusion_book.loss_figure(out, Config.STEP, history, n_train, config.batch_size)
+                _diffusion_book.labelled_grid(out, book["x0"], book["labels"], book["title"], "book_samples")
         return out.finish(m)
+
+
+def book_grid(config: Config, model: Any, state: Any, key: jax.Array, judge_params: Any) -> dict[str, Any]:
+    """``--preset book``: the book's figure, 20 DDPM-1000 samples at γ for 20 uniformly random labels
+    (its ``torch.randint(0, 10, (20,))``), judged; the sampled weights are the trained ones (no EMA)."""
+    key_labels, key_x = jax.random.split(key)
+    labels = _diffusion_book.random_labels(key_labels)
+    condition = {"condition": condition_for(config.gamma), "labels": labels, "gamma": config.gamma}
+    samples = _diffusion_sampling.sample(config, model, state.ema_params, state.model_state, key_x,
+                                         n=len(labels), kind="ddpm", **condition)  # fmt: skip
+    _, preds = _diffusion_judge.judge_outputs(judge_params, samples.x0)
+    metrics = {
+        "book_grid_labels": labels.tolist(),
+        "book_grid_judged": preds.tolist(),
+        "book_grid_accuracy": float(np.mean(preds == labels)),
+        "book_grid_background_level": _diffusion_judge.background_level(samples.x0),
+    }
+    title = f"The book's figure: DDPM {config.num_timesteps} steps, γ = {config.gamma:g}, 20 random labels"
+    return {"metrics": metrics, "x0": samples.x0, "labels": labels, "title": title}
 
 
 def guidance_sweep(
