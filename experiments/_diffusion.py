@@ -66,6 +66,7 @@ class DiffusionConfig:
     resume: bool = False
     weights: str = "auto"
     preset: str = "project"
+    clip_x0: bool = False
 
     # size options: at most what a run can hold in memory (checked by experiments._cli.check_config)
     LIMITS = {
@@ -107,6 +108,10 @@ COMMON_HELP = {
     "counts without --quick); train: train from scratch (under --quick the width-8 smoke model)",
 }
 COMMON_HELP["preset"] = _diffusion_book.PRESET_HELP
+COMMON_HELP["clip_x0"] = (
+    "clip the predicted clean image x̂0 to the data range [0, 1] at every sampling step (the samplers' "
+    "documented clip_x0, as in Ho et al. 2020; the book does not clip)"
+)
 COMMON_CHOICES = {
     "dataset": ("mnist-5k", "mnist", "fashion-mnist"),
     "epoch_mode": ("stepped", "scan"),

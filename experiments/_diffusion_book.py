@@ -10,8 +10,8 @@ batches only). ``--preset book`` sets (whatever the flags say):
   one on the ``n mod 128`` examples left (PyTorch's ``DataLoader`` default), so full MNIST is 469
   steps per epoch and the book's 10 epochs are 4,690 steps; other data train
   ``ceil(4690 / steps per epoch)`` epochs (mnist-5k: 32 steps per epoch, 147 epochs, 4,704 steps);
-* no weight averaging (``--ema-decay 0``: the sampled weights are the trained ones) and no BatchNorm
-  re-estimation;
+* no weight averaging (``--ema-decay 0``: the sampled weights are the trained ones), no BatchNorm
+  re-estimation and no clipping of x̂0;
 * DDPM-1000 sample grids of 20 images, step 10's with 20 uniformly random labels (the book's
   ``torch.randint(0, 10, (20,))``, drawn here from the run's key), guidance γ = 3.
 
@@ -53,7 +53,14 @@ def apply(config: Any) -> Any:
     """``config`` with the book's settings when ``config.preset == "book"`` (else unchanged)."""
     if config.preset != "book":
         return config
-    book = {"features": 64, "ema_decay": 0.0, "ema_warmup": 0, "bn_recalibration": 0, "train_steps": 4690}
+    book = {
+        "features": 64,
+        "ema_decay": 0.0,
+        "ema_warmup": 0,
+        "bn_recalibration": 0,
+        "train_steps": BOOK_TRAIN_STEPS,
+        "clip_x0": False,
+    }
     if "gamma" in {f.name for f in dataclasses.fields(config)}:
         book["gamma"] = 3.0
     return dataclasses.replace(config, **book)

@@ -43,6 +43,7 @@ class SamplerSpec:
     eta: float
     every: int
     condition: str  # a key of CONDITIONS
+    clip_x0: tuple[float, float] | None = None
 
 
 class Samples(NamedTuple):
@@ -68,7 +69,7 @@ def _executable(spec: SamplerSpec, args: tuple) -> Any:
 
     def run(key, params, batch_stats, labels, gamma):
         eps_fn = condition(diffusion.make_eps_fn(apply_fn, params, batch_stats), labels, gamma)
-        options = {"shape": (spec.n, 28, 28, 1), "every": spec.every}
+        options = {"shape": (spec.n, 28, 28, 1), "every": spec.every, "clip_x0": spec.clip_x0}
         if spec.kind == "ddpm":
             return diffusion.ddpm_trajectory(key, eps_fn, sched, **options)
         options |= {"num_steps": spec.ddim_steps, "eta": spec.eta}
@@ -117,6 +118,7 @@ def sample(
         eta=config.ddim_eta,
         every=every,
         condition=condition,
+        clip_x0=(0.0, 1.0) if config.clip_x0 else None,
     )
     outs, seconds = [], 0.0
     for i in range(math.ceil(n / chunk)):

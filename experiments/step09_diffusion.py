@@ -8,8 +8,12 @@ the weights, and samples with the ancestral DDPM sampler (1,000 steps) and DDIM 
 compiled loop. Samples are judged by numbers: the Fréchet distance of the project's CNN's penultimate
 features (``sample_fid_*``) against the test images, beside ``fid_real_floor`` (training vs test
 images, same count), with and without the EMA weights. Figures: forward noising, a 2×10 sample grid,
-a denoising trajectory, EMA vs raw weights, the loss curve. ``--quick``: width 8, 2 epochs on 1,000
-digits, 20 judged samples — a smoke run, not a model.
+a denoising trajectory, EMA vs raw weights, the loss curve. ``--quick``: samples the project's own
+trained weights shipped in the package (labelled pretrained; 200 judged samples, no training) when
+they are there, ``--quick --weights train``: width 8, 2 epochs on 1,000 digits, 20 judged samples — a
+smoke run, not a model. ``background_level_*``: the mean pixel value on the 4-pixel frame, beside the
+real test images' ``background_level_real``. ``--preset book``: the book's own settings
+(:mod:`experiments._diffusion_book`).
 """
 
 from __future__ import annotations

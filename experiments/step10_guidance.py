@@ -12,7 +12,11 @@ fraction of generated images the judge labels as their conditioning label — fo
 ``--gammas`` (and per class), ``judge_test_accuracy`` (the judge on real test images, the ceiling),
 ``sample_fid_ddim``/``sample_fid_ddpm`` at γ (Fréchet distance of judge features vs the test images)
 beside ``fid_real_floor``, sampling seconds. Figures: samples per label, the guidance sweep, accuracy
-against γ, the loss curve. ``--quick``: width 8, 2 epochs on 1,000 digits, 20 samples per γ.
+against γ, the loss curve. ``--quick``: samples the project's own trained weights shipped in the
+package (labelled pretrained; 200 samples at ``--gamma``, 20 at the other γ, no training) when they are
+there; ``--quick --weights train``: width 8, 2 epochs on 1,000 digits, 20 samples per γ.
+``background_level_*``: the mean pixel value on the 4-pixel frame, beside the real test images'
+``background_level_real``. ``--preset book``: the book's own settings (:mod:`experiments._diffusion_book`).
 """
 
 from __future__ import annotations
