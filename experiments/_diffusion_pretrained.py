@@ -41,17 +41,24 @@ DATASET = "mnist-5k"  # the data every shipped model was trained on
 WEIGHT_CHOICES = ("auto", "pretrained", "train")
 
 
+#: Options that ask for a model of one's own: changed from their defaults, ``--weights auto`` trains.
+TRAINING_OPTIONS = (
+    "dataset", "epochs", "train_steps", "batch_size", "lr", "num_timesteps", "beta_start", "beta_end",
+    "features", "ema_decay", "ema_warmup", "judge", "resume", "preset", "label_drop", "drop_mode",
+)  # fmt: skip
+
+
 def use_pretrained(config: Any) -> bool:
     """Whether a step samples the shipped weights: ``--weights pretrained``, or ``auto`` under
-    ``--quick`` when nothing asks for training: the weights are there, mnist-5k, the shipped run's
-    noise schedule, and no ``--epochs``, ``--resume`` or ``--judge DIR`` (else it trains, as before)."""
+    ``--quick`` when the weights are there and no option of :data:`TRAINING_OPTIONS` (data, schedule,
+    model, optimizer, judge, ``--resume``, ``--preset``) differs from its default (else it trains, as
+    before)."""
     if config.weights == "pretrained":
         return True
-    if not (config.weights == "auto" and config.quick and config.dataset == DATASET and _all_present()):
+    if not (config.weights == "auto" and config.quick and _all_present()):
         return False
-    asks_training = config.epochs is not None or config.resume or config.judge != "auto"
-    asks_training = asks_training or config.preset != "project"
-    return not asks_training and _schedule(config) == _shipped_schedule(config.STEP)
+    defaults = type(config)()
+    return all(getattr(config, k) == getattr(defaults, k) for k in TRAINING_OPTIONS if hasattr(defaults, k))
 
 
 def _all_present() -> bool:
