@@ -55,14 +55,14 @@ def use_pretrained(config: Any) -> bool:
     before)."""
     if config.weights == "pretrained":
         return True
-    if not (config.weights == "auto" and config.quick and _all_present()):
+    if not (config.weights == "auto" and config.quick and _present(config.STEP)):
         return False
     defaults = type(config)()
     return all(getattr(config, k) == getattr(defaults, k) for k in TRAINING_OPTIONS if hasattr(defaults, k))
 
 
-def _all_present() -> bool:
-    return all((WEIGHTS_DIR / n / "provenance.json").is_file() for n in (*UNET_NAMES, JUDGE_NAME))
+def _present(name: str) -> bool:
+    return all((WEIGHTS_DIR / n / "provenance.json").is_file() for n in (name, JUDGE_NAME))
 
 
 def _schedule(config: Any) -> tuple[int, float, float]:
@@ -161,28 +161,60 @@ def metrics(prov: dict[str, Any]) -> dict[str, Any]:
 # --- export (run once per shipped model) -------------------------------------------------------------
 
 
-def export_unet(run: Path, name: str, dest: Path, *, command: str, commit: str) -> dict[str, Any]:
+def _run_config(run: Path, module: Any, config_file: Path | None) -> tuple[Any, dict[str, Any]]:
+    """The run's config (``run/config.json``, or ``config_file`` while the run is still judging)."""
+    saved = json.loads((config_file or run / "config.json").read_text(encoding="utf-8"))
+    fields = set(module.Config.__dataclass_fields__)
+    return module.Config(**{**{k: v for k, v in saved.items() if k in fields}, "weights": "train"}), saved
+
+
+def _run_record(run: Path, state: Any, meta: dict[str, Any], params: Any) -> dict[str, Any]:
+    """The run's metrics (``run/metrics.json``; before the run has written it, what the checkpoint
+    knows: the loss history, epochs, steps and training seconds)."""
+    history = meta["history"]
+    if (run / "metrics.json").is_file():
+        metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    else:
+        metrics = {
+            "final_loss": history["loss"][-1],
+            "epochs": int(meta["epoch"]),
+            "train_steps": int(state.step),
+            "train_s": float(sum(history["epoch_seconds"])),
+            "num_params": unet.count_params(params),
+            "epoch_seconds": history["epoch_seconds"],
+            "export_note": "exported from the final training checkpoint while the run was still judging",
+        }
+    return {
+        "metrics": {k: v for k, v in metrics.items() if not isinstance(v, list | dict)},
+        "loss_history": history["loss"],
+        "epoch_seconds": metrics.get("epoch_seconds", []),
+        **{k: metrics[k] for k in ("epochs", "train_steps", "train_s", "num_params")},
+    }
+
+
+def export_unet(
+    run: Path, name: str, dest: Path, *, command: str, commit: str, config_file: Path | None = None
+) -> dict[str, Any]:
     """Write ``dest/params`` (EMA weights + their re-estimated BatchNorm statistics, as the run sampled
-    them) and ``dest/provenance.json`` from a finished step-9/10 run folder ``run``."""
+    them) and ``dest/provenance.json`` from a step-9/10 run folder ``run``: its ``checkpoints`` (or,
+    while the run still judges its samples, ``checkpoints.partial`` with ``config_file``)."""
     # export only: the steps (and _diffusion) import this module
     from experiments import _diffusion, step09_diffusion, step10_guidance
 
     module = step09_diffusion if name == "step09_diffusion" else step10_guidance
-    saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
-    fields = set(module.Config.__dataclass_fields__)
-    config = module.Config(**{**{k: v for k, v in saved.items() if k in fields}, "weights": "train"})
+    config, saved = _run_config(run, module, config_file)
     model = _diffusion.build_model(config, conditional=name == "step10_guidance")
     data = _diffusion.load_images(config)
     params, stats = unet.init(jax.random.key(0), model)
     like = training.init_state(params, optax.adam(config.lr), model_state=stats, ema=True)
-    state, meta = training.restore_checkpoint(run / "checkpoints", like)
+    folder = run / "checkpoints" if (run / "checkpoints").is_dir() else run / "checkpoints.partial"
+    state, meta = training.restore_checkpoint(folder, like)
     # the key the step re-estimated BatchNorm with (its sampling key's last split)
     key_s = jax.random.split(jax.random.key(config.seed), 4 if name == "step09_diffusion" else 3)[-1]
     k_bn = jax.random.split(key_s, 4)[3] if name == "step09_diffusion" else jax.random.split(key_s)[1]
     stats = _diffusion.recalibrate_batch_stats(config, model, state.ema_params, state.model_state, data, k_bn)
     tree = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), {"params": state.ema_params,
                                                                         "batch_stats": stats})  # fmt: skip
-    run_metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     prov = {
         "name": name,
         "command": command,
@@ -194,10 +226,7 @@ def export_unet(run: Path, name: str, dest: Path, *, command: str, commit: str) 
         "stored": f"EMA weights (decay {config.ema_decay}) + BatchNorm statistics re-estimated for them "
         f"({config.bn_recalibration} passes)",
         "config": saved,
-        "metrics": {k: v for k, v in run_metrics.items() if not isinstance(v, list | dict)},
-        "loss_history": meta["history"]["loss"],
-        "epoch_seconds": run_metrics.get("epoch_seconds", []),
-        **{k: run_metrics[k] for k in ("epochs", "train_steps", "train_s", "num_params")},
+        **_run_record(run, state, meta, state.ema_params),
     }
     _write(dest, tree, prov)
     return prov
@@ -235,12 +264,18 @@ def _main() -> None:
     parser.add_argument("--command", required=True, help="the exact command that trained the run")
     parser.add_argument("--commit", required=True, help="the commit the run's code came from")
     parser.add_argument("--dest", default=None, help="default: dlx_jax/_datasets/weights/NAME")
+    parser.add_argument(
+        "--config", default=None, help="the run's settings while it has not written config.json"
+    )
     args = parser.parse_args()
     dest = Path(args.dest) if args.dest else WEIGHTS_DIR / args.name
     if args.name == JUDGE_NAME:
         export_judge(Path(args.run), dest, command=args.command, commit=args.commit)
     else:
-        export_unet(Path(args.run), args.name, dest, command=args.command, commit=args.commit)
+        config_file = Path(args.config) if args.config else None
+        export_unet(
+            Path(args.run), args.name, dest, command=args.command, commit=args.commit, config_file=config_file
+        )
     print(f"wrote {dest}")
 
 

@@ -22,18 +22,18 @@ from experiments import (
 
 # The trained UNets enter the package once their long CPU runs finish (issue 16); until then quick mode
 # trains its smoke model as before and these tests wait for them.
-UNETS_SHIPPED = all(
-    (_diffusion_pretrained.WEIGHTS_DIR / name / "provenance.json").is_file()
-    for name in _diffusion_pretrained.UNET_NAMES
-)
-needs_unets = pytest.mark.skipif(not UNETS_SHIPPED, reason="the trained step-9/10 UNets are not shipped yet")
+
+
+def shipped(name: str) -> pytest.MarkDecorator:
+    present = (_diffusion_pretrained.WEIGHTS_DIR / name / "provenance.json").is_file()
+    return pytest.mark.skipif(not present, reason=f"the trained {name} UNet is not shipped yet")
 
 
 @pytest.mark.parametrize(
     "name",
     [
         _diffusion_pretrained.JUDGE_NAME,
-        *[pytest.param(n, marks=needs_unets) for n in _diffusion_pretrained.UNET_NAMES],
+        *[pytest.param(n, marks=shipped(n)) for n in _diffusion_pretrained.UNET_NAMES],
     ],
 )
 def test_every_shipped_model_says_where_it_came_from(name):
@@ -48,7 +48,7 @@ def test_every_shipped_model_says_where_it_came_from(name):
     assert sum(p.stat().st_size for p in files) < 4_000_000, "keep the shipped weights compact"
 
 
-@needs_unets
+@shipped("step10_guidance")
 def test_quick_mode_samples_the_shipped_weights_and_a_flag_trains_instead():
     quick = replace(step10_guidance.Config(), quick=True)
     assert _diffusion_pretrained.use_pretrained(quick)
@@ -109,7 +109,7 @@ def _guided_accuracy(n: int) -> tuple[float, float, str]:
     return accuracy, _diffusion_judge.background_level(x), prov["command"]
 
 
-@needs_unets
+@shipped("step10_guidance")
 @pytest.mark.slow  # about a minute on 2 busy cores; the default suite runs the 50-image guard below
 def test_the_shipped_guided_weights_draw_digits_the_shipped_judge_recognises():
     """DDIM-50 at γ = 3 on 200 images from the shipped step-10 UNet; the shipped judge must agree
@@ -119,7 +119,7 @@ def test_the_shipped_guided_weights_draw_digits_the_shipped_judge_recognises():
     assert background < 0.1
 
 
-@needs_unets
+@shipped("step10_guidance")
 def test_fifty_samples_of_the_shipped_guided_weights_are_the_digits_asked_for():
     """The default suite's cheaper copy of the guard above: 50 images, >= 90 % judged as their label."""
     accuracy, _, command = _guided_accuracy(50)
