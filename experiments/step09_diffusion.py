@@ -41,7 +41,16 @@ class Config(_diffusion.DiffusionConfig):
     out: str = "outputs/step09_diffusion"
     STEP = "step09_diffusion"  # the name of its shipped weights (experiments._diffusion_pretrained)
 
-    SUMMARY = ("final_loss", "sample_fid_ddpm", "sample_fid_ddim", "fid_real_floor", "train_steps")
+    SUMMARY = (
+        "weights",
+        "final_loss",
+        "sample_fid_ddpm",
+        "sample_fid_ddim",
+        "fid_real_floor",
+        "background_level_ddim",
+        "background_level_real",
+        "train_steps",
+    )
     HELP = _diffusion.COMMON_HELP
     CHOICES = _diffusion.COMMON_CHOICES
 

@@ -49,7 +49,16 @@ class Config(_diffusion.DiffusionConfig):
     gammas: str = "0,1,3,5"
     sweep_sampler: str = "ddim"
 
-    SUMMARY = ("final_loss", "cfg_accuracy", "sample_fid_ddim", "sample_fid_ddpm", "fid_real_floor")
+    SUMMARY = (
+        "weights",
+        "final_loss",
+        "cfg_accuracy",
+        "sample_fid_ddim",
+        "sample_fid_ddpm",
+        "fid_real_floor",
+        "background_level_ddim",
+        "background_level_real",
+    )
     HELP = {
         **_diffusion.COMMON_HELP,
         "label_drop": "probability of dropping labels in training (book: 0.1; 0 = plain conditional model)",
