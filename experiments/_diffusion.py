@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from dlx_jax import diffusion, training, unet
-from experiments import _diffusion_judge, _fitting, _generative
+from experiments import _diffusion_book, _diffusion_judge, _diffusion_pretrained, _fitting, _generative
 from experiments._quick import QUICK as QUICK_BY_STEP
 
 BOOK_TRAIN_STEPS = 4690  # the book: 10 epochs of 60,000 digits at batch 128 (469 steps each)
@@ -64,6 +64,9 @@ class DiffusionConfig:
     judge: str = "auto"
     epoch_mode: str = "stepped"
     resume: bool = False
+    weights: str = "auto"
+    preset: str = "project"
+    clip_x0: bool = False
     devices: int | None = None
     coordinator: str | None = None
     num_processes: int | None = None
@@ -105,8 +108,21 @@ COMMON_HELP = {
     "XLA:CPU) or scan (one compiled lax.scan per epoch); identical numbers",
     "resume": "continue from OUT/checkpoints (same settings) instead of starting over",
     **_fitting.MESH_HELP,
+    "weights": "auto: under --quick sample the project's shipped trained weights (mnist-5k; labelled "
+    "pretrained) instead of training, else train; pretrained: always sample them (no training; full sample "
+    "counts without --quick); train: train from scratch (under --quick the width-8 smoke model)",
 }
-COMMON_CHOICES = {"dataset": ("mnist-5k", "mnist", "fashion-mnist"), "epoch_mode": ("stepped", "scan")}
+COMMON_HELP["preset"] = _diffusion_book.PRESET_HELP
+COMMON_HELP["clip_x0"] = (
+    "clip the predicted clean image x̂0 to the data range [0, 1] at every sampling step (the samplers' "
+    "documented clip_x0, as in Ho et al. 2020; the book does not clip)"
+)
+COMMON_CHOICES = {
+    "dataset": ("mnist-5k", "mnist", "fashion-mnist"),
+    "epoch_mode": ("stepped", "scan"),
+    "weights": ("auto", "pretrained", "train"),
+    "preset": _diffusion_book.PRESETS,
+}
 
 
 # --- settings and data -----------------------------------------------------------------------------
@@ -124,11 +140,16 @@ class RunSizes:
 
 
 def run_sizes(config: DiffusionConfig) -> RunSizes:
-    """The config's sizes, capped by :data:`QUICK` under ``--quick``."""
+    """The config's sizes, capped by :data:`QUICK` under ``--quick``. Sampling the shipped weights
+    (:func:`_diffusion_pretrained.use_pretrained`) keeps their stored BatchNorm statistics (no
+    re-estimation) and, under ``--quick``, judges ``pretrained_samples`` samples."""
+    pretrained = _diffusion_pretrained.use_pretrained(config)
     if not config.quick:
-        return RunSizes(
-            config.features, config.num_samples, config.fid_samples, JUDGE_EPOCHS, config.bn_recalibration
-        )
+        passes = 0 if pretrained else config.bn_recalibration
+        return RunSizes(config.features, config.num_samples, config.fid_samples, JUDGE_EPOCHS, passes)
+    if pretrained:
+        cap = QUICK["pretrained_samples"]
+        return RunSizes(config.features, min(config.num_samples, cap), min(config.fid_samples, cap), 0, 0)
     return RunSizes(
         features=min(config.features, QUICK["features"]),
         num_samples=min(config.num_samples, QUICK["num_samples"]),
@@ -138,10 +159,22 @@ def run_sizes(config: DiffusionConfig) -> RunSizes:
     )
 
 
+def ddpm_fid(config: DiffusionConfig) -> bool:
+    """``--ddpm-fid``, except under ``--quick`` with the shipped weights (1,000 network calls per
+    image at width 32 would take most of the main job's minutes)."""
+    return config.ddpm_fid and not (config.quick and _diffusion_pretrained.use_pretrained(config))
+
+
 def quick_note(config: DiffusionConfig, samples: str) -> str:
     """The metrics' ``quick_note``: what ``--quick`` changed (empty for a full run)."""
     if not config.quick:
         return ""
+    if _diffusion_pretrained.use_pretrained(config):
+        return (
+            "quick mode: sampled the shipped pretrained weights (no training), "
+            + samples.format(n=QUICK["pretrained_samples"])
+            + "; --weights train trains the width-8 smoke model instead"
+        )
     return (
         f"quick mode: width {QUICK['features']}, {QUICK['epochs']} epochs on {QUICK['n_train']:,} digits, "
         + samples.format(n=QUICK["num_samples"])
@@ -182,8 +215,17 @@ def validate(config: DiffusionConfig) -> None:
         raise ValueError(f"--ema-warmup must be >= 0, got {config.ema_warmup}")
     schedule(config)  # β range / order errors from dlx_jax.diffusion
     # the mesh (and a multi-process run's join) before any other JAX work; the batch must divide
-    training.check_divides(config.batch_size, _fitting.data_mesh(config))
-    _diffusion_judge.reusable_judge(config)
+    mesh = _fitting.data_mesh(config)
+    training.check_divides(config.batch_size, mesh)
+    if config.preset == "book" and mesh.devices.size > 1:
+        raise ValueError(
+            "--preset book keeps each epoch's partial last batch, which does not split evenly over "
+            f"{mesh.devices.size} devices; pass --devices 1"
+        )
+    if _diffusion_pretrained.use_pretrained(config):
+        _diffusion_pretrained.check(config, config.STEP)
+    else:
+        _diffusion_judge.reusable_judge(config)
 
 
 def schedule(config: DiffusionConfig) -> diffusion.Schedule:
@@ -207,6 +249,8 @@ def epochs_for(config: DiffusionConfig, n_train: int) -> int:
         return min(config.epochs or QUICK["epochs"], QUICK["epochs"])
     if config.epochs is not None:
         return config.epochs
+    if config.preset == "book":
+        return _diffusion_book.epochs_for(config.train_steps, n_train, config.batch_size)
     return math.ceil(config.train_steps / (n_train // config.batch_size))
 
 
@@ -241,7 +285,9 @@ def train(
         loss_fn, optimizer, stateful=True, ema_decay=config.ema_decay, ema_warmup=config.ema_warmup
     )
     mesh = _fitting.data_mesh(config)  # data parallel: state replicated, every batch sharded
-    if config.epoch_mode == "scan":
+    if config.preset == "book":  # the book keeps each epoch's last partial batch (one device)
+        epoch_fn = _diffusion_book.make_epoch_fn(step, batch_size=config.batch_size)
+    elif config.epoch_mode == "scan":
         epoch_fn = jax.jit(training.make_epoch_fn(step, batch_size=config.batch_size, mesh=mesh))
     else:
         epoch_fn = training.make_stepped_epoch_fn(step, batch_size=config.batch_size, mesh=mesh)
@@ -252,7 +298,7 @@ def train(
         config,
         model=f"unet-{model.features}-labels{model.num_labels or 0}",
         n_train=len(data["x_train"]),
-        fields=("num_timesteps", "beta_start", "beta_end", "ema_decay", "ema_warmup"),
+        fields=("num_timesteps", "beta_start", "beta_end", "ema_decay", "ema_warmup", "preset"),
         **fingerprint,
         **_fitting.mesh_fingerprint(mesh),
     )
@@ -267,6 +313,56 @@ def train(
         "features": model.features,
     }
     return state, history, info
+
+
+def trained_model(
+    config: DiffusionConfig,
+    data: dict[str, np.ndarray],
+    keys: tuple[jax.Array, jax.Array],
+    *,
+    conditional: bool,
+    loss_options: dict[str, Any],
+    fingerprint: dict[str, Any],
+) -> dict[str, Any]:
+    """The model to sample and its judge: trained here (:func:`train`, then the judge of
+    :func:`_diffusion_judge.judge`), or the shipped pretrained weights and judge
+    (:func:`_diffusion_pretrained.use_pretrained`; no training, the shipped run's loss curve).
+
+    Args:
+        keys: ``(key_train, key_judge)``.
+
+    Returns:
+        ``model``, ``state`` (a ``TrainState``), ``history``, ``info``, ``judge_params``,
+        ``judge_info`` and ``metrics`` (what the metrics say about the weights' origin).
+    """
+    key_train, key_judge = keys
+    if _diffusion_pretrained.use_pretrained(config):
+        model, params, stats, prov = _diffusion_pretrained.load_unet(config.STEP)
+        history, info = _diffusion_pretrained.training_record(prov)
+        judge_params, judge_info = _diffusion_pretrained.load_judge()
+        return {
+            "model": model,
+            "state": _diffusion_pretrained.pretrained_state(params, stats, prov),
+            "history": history,
+            "info": info,
+            "judge_params": judge_params,
+            "judge_info": judge_info,
+            "metrics": _diffusion_pretrained.metrics(prov),
+        }
+    model = build_model(config, conditional=conditional)
+    state, history, info = train(config, model, data, key_train, loss_options=loss_options,
+                                 fingerprint=fingerprint)  # fmt: skip
+    epochs = run_sizes(config).judge_epochs
+    judge_params, judge_info = _diffusion_judge.judge(config, data, key_judge, epochs=epochs)
+    return {
+        "model": model,
+        "state": state,
+        "history": history,
+        "info": info,
+        "judge_params": judge_params,
+        "judge_info": judge_info,
+        "metrics": {"weights": "trained here"},
+    }
 
 
 def recalibrate_batch_stats(
@@ -284,7 +380,8 @@ def recalibrate_batch_stats(
     ``--bn-recalibration`` train-mode forward passes on noisy training batches (random t, labels
     kept) update the statistics with PyTorch's momentum 0.1; the weights are not touched.
     """
-    if config.bn_recalibration == 0:
+    passes = run_sizes(config).bn_recalibration
+    if passes == 0:
         return batch_stats
     apply_fn = unet.make_apply_fn(model)
     sched = schedule(config)
@@ -301,7 +398,6 @@ def recalibrate_batch_stats(
         return xt, t, labels, mask
 
     stats_fn = jax.jit(training.make_stats_fn(apply_fn, noisy_batch))
-    passes = run_sizes(config).bn_recalibration
     return training.recalibrate_batch_stats(key, stats_fn, params, batch_stats, num_passes=passes)
 
 

@@ -21,6 +21,7 @@ import optax
 from dlx_jax import cnn, metrics, training
 
 NUM_CLASSES = 10  # the judge's classes (and the labels steps 9-10 condition on)
+BORDER = 4  # background_level: the frame of this many pixels, where real MNIST digits are blank
 
 
 # --- which judge ------------------------------------------------------------------------------------
@@ -139,6 +140,27 @@ def train_judge(
 # --- what the judge says ---------------------------------------------------------------------------
 
 
+def background_level(x: np.ndarray, border: int = BORDER) -> float:
+    r"""Mean pixel value on the ``border``-pixel frame of each image, the images read in [0, 1] as
+    they are shown and judged (values clipped to [0, 1]; the samples themselves are not changed).
+
+    .. math::  b = \frac{1}{n |F|} \sum_i \sum_{(r, c) \in F} \operatorname{clip}(x_{i r c}, 0, 1),
+
+    with ``F`` the pixels within ``border`` of an edge (336 of 784 for 28×28 and ``border = 4``).
+    Real MNIST digits are centred in a 20×20 box, so their frame is nearly blank: salt noise in
+    generated images shows up as a ``b`` far above the real images' (``background_level_real``).
+
+    Args:
+        x: ``(n, h, w)`` or ``(n, h, w, 1)`` images in [0, 1] (or samples near that range).
+        border: frame width in pixels.
+    """
+    x = np.asarray(x, np.float64)
+    x = x[..., 0] if x.ndim == 4 else x
+    frame = np.ones(x.shape[1:], bool)
+    frame[border:-border, border:-border] = False
+    return float(np.mean(np.clip(x[:, frame], 0.0, 1.0)))
+
+
 @jax.jit
 def _judge_outputs(params, x):
     return cnn.features(params, x), jnp.argmax(cnn.apply(params, x), axis=-1)
@@ -171,6 +193,7 @@ def judge_baselines(params: Any, data: dict[str, np.ndarray], n: int) -> tuple[d
     sub = np.linspace(0, len(data["x_test"]) - 1, m).astype(int)
     info = {
         "judge_test_accuracy": float(np.mean(test_preds == data["y_test"])),
+        "background_level_real": background_level(data["x_test"]),
         "fid_real_floor": fid(train_feats, test_feats[sub]),
         "fid_num_images": m,
     }
@@ -185,12 +208,14 @@ def sample_sheet(
     *,
     n_fid: int | None = None,
 ) -> dict[str, Any]:
-    """FID of the first ``n_fid`` samples (default: all) against the test features, the judge's label
-    histogram, and (with labels) the fraction judged as their conditioning label, overall and per class
-    (every class must then be among the labels: the caller checks that up front)."""
+    """FID of the first ``n_fid`` samples (default: all) against the test features, the samples'
+    :func:`background_level`, the judge's label histogram, and (with labels) the fraction judged as
+    their conditioning label, overall and per class (every class must then be among the labels: the
+    caller checks that up front)."""
     feats, preds = judge_outputs(judge_params, samples)
     out: dict[str, Any] = {
         "fid": fid(feats[: n_fid or len(feats)], test_feats),
+        "background_level": background_level(samples),
         "class_fractions": np.bincount(preds, minlength=NUM_CLASSES) / len(preds),
     }
     if labels is not None:

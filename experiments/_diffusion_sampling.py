@@ -44,6 +44,7 @@ class SamplerSpec:
     eta: float
     every: int
     condition: str  # a key of CONDITIONS
+    clip_x0: tuple[float, float] | None = None
     mesh: Any = None  # the image batch is sharded over it (data parallel sampling)
 
 
@@ -70,7 +71,7 @@ def _executable(spec: SamplerSpec, args: tuple) -> Any:
 
     def run(key, params, batch_stats, labels, gamma):
         eps_fn = condition(diffusion.make_eps_fn(apply_fn, params, batch_stats), labels, gamma)
-        options = {"shape": (spec.n, 28, 28, 1), "every": spec.every}
+        options = {"shape": (spec.n, 28, 28, 1), "every": spec.every, "clip_x0": spec.clip_x0}
         options["sharding"] = training.batch_sharding(spec.mesh) if spec.mesh is not None else None
         if spec.kind == "ddpm":
             return diffusion.ddpm_trajectory(key, eps_fn, sched, **options)
@@ -124,6 +125,7 @@ def sample(
         eta=config.ddim_eta,
         every=every,
         condition=condition,
+        clip_x0=(0.0, 1.0) if config.clip_x0 else None,
         mesh=mesh,
     )
     outs, seconds = [], 0.0

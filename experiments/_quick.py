@@ -25,6 +25,7 @@ _DIFFUSION = {
     "fid_samples": 20,
     "judge_epochs": 3,
     "bn_recalibration": 5,
+    "pretrained_samples": 200,  # samples judged from the shipped weights (--weights auto/pretrained)
 }
 
 QUICK: dict[str, dict[str, int]] = {
@@ -38,7 +39,8 @@ QUICK: dict[str, dict[str, int]] = {
     "step07_vae": _VAE_FAMILY,
     "step08_hvae": _VAE_FAMILY,
     # steps 9-10: images kept, epochs, UNet width, samples per guidance scale, FID samples, judge
-    # epochs, BatchNorm re-estimation passes (caps, except judge_epochs, which replaces --judge-epochs)
+    # epochs, BatchNorm re-estimation passes (caps, except judge_epochs, which replaces --judge-epochs);
+    # pretrained_samples caps --num-samples and --fid-samples when the shipped weights are sampled
     "step09_diffusion": _DIFFUSION,
     "step10_guidance": _DIFFUSION,
 }

@@ -10,8 +10,12 @@ the weights, and samples with the ancestral DDPM sampler (1,000 steps) and DDIM 
 compiled loop. Samples are judged by numbers: the Fréchet distance of the project's CNN's penultimate
 features (``sample_fid_*``) against the test images, beside ``fid_real_floor`` (training vs test
 images, same count), with and without the EMA weights. Figures: forward noising, a 2×10 sample grid,
-a denoising trajectory, EMA vs raw weights, the loss curve. ``--quick``: width 8, 2 epochs on 1,000
-digits, 20 judged samples — a smoke run, not a model.
+a denoising trajectory, EMA vs raw weights, the loss curve. ``--quick``: samples the project's own
+trained weights shipped in the package (labelled pretrained; 200 judged samples, no training) when
+they are there, ``--quick --weights train``: width 8, 2 epochs on 1,000 digits, 20 judged samples — a
+smoke run, not a model. ``background_level_*``: the mean pixel value on the 4-pixel frame, beside the
+real test images' ``background_level_real``. ``--preset book``: the book's own settings
+(:mod:`experiments._diffusion_book`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlx_jax import diffusion
-from experiments import _book_noising, _diffusion, _diffusion_figures, _diffusion_judge, _diffusion_sampling
+from experiments import (
+    _book_noising,
+    _diffusion,
+    _diffusion_book,
+    _diffusion_figures,
+    _diffusion_judge,
+    _diffusion_sampling,
+)
 from experiments._cli import cli
 from experiments._fitting import check_checkpoints
 from experiments._outputs import StepOutput
@@ -38,8 +49,18 @@ BOOK_FINAL_LOSS = 0.0181
 class Config(_diffusion.DiffusionConfig):
     out: str = "outputs/step09_diffusion"
     photo: str = "flower"
+    STEP = "step09_diffusion"  # the name of its shipped weights (experiments._diffusion_pretrained)
 
-    SUMMARY = ("final_loss", "sample_fid_ddpm", "sample_fid_ddim", "fid_real_floor", "train_steps")
+    SUMMARY = (
+        "weights",
+        "final_loss",
+        "sample_fid_ddpm",
+        "sample_fid_ddim",
+        "fid_real_floor",
+        "background_level_ddim",
+        "background_level_real",
+        "train_steps",
+    )
     HELP = {
         **_diffusion.COMMON_HELP,
         "photo": "photo noised in the forward figures: flower (the book's) or grace-hopper",
@@ -90,26 +111,28 @@ def forward_figure(out: StepOutput, config: Config, rows: dict[str, list[np.ndar
 
 
 def main(config: Config) -> dict:
+    config = _diffusion_book.apply(config)  # --preset book: the book's settings
     _diffusion.validate(config)
     check_checkpoints(config)
     data = _diffusion.load_images(config)
     sizes = _diffusion.run_sizes(config)
     key_fwd, key_train, key_judge, key_s = jax.random.split(jax.random.key(config.seed), 4)
-    model = _diffusion.build_model(config, conditional=False)
-    state, history, info = _diffusion.train(
-        config, model, data, key_train, loss_options={}, fingerprint={"step": 9}
-    )
+    run = _diffusion.trained_model(config, data, (key_train, key_judge), conditional=False,
+                                   loss_options={}, fingerprint={"step": 9})  # fmt: skip
+    model, state, history, info = run["model"], run["state"], run["history"], run["info"]
+    judge_params = run["judge_params"]
     rows = forward_rows(config, data["x_test"][0], key_fwd)
     book_noising = _book_noising.run(
         jax.random.fold_in(key_fwd, 9), _diffusion.schedule(config), config.photo
     )
-    judge_params, judge_info = _diffusion_judge.judge(config, data, key_judge, epochs=sizes.judge_epochs)
     base, test_feats = _diffusion_judge.judge_baselines(judge_params, data, sizes.fid_samples)
-    samples = draw_samples(config, model, state, data, key_s, n_fid=base["fid_num_images"])
+    raw = run["metrics"]["weights"] != "pretrained"  # the shipped weights are the EMA ones only
+    samples = draw_samples(config, model, state, data, key_s, n_fid=base["fid_num_images"], raw=raw)
 
     m: dict[str, Any] = {
         **_diffusion.training_metrics(history, info, BOOK_FINAL_LOSS),
-        **judge_info,
+        **run["metrics"],
+        **run["judge_info"],
         **base,
         "photo_mean_at_T": float(np.mean(rows["photo"][-1])),
         "photo_std_at_T": float(np.std(rows["photo"][-1])),
@@ -123,68 +146,87 @@ def main(config: Config) -> dict:
         if name in samples:
             sheet = _diffusion_judge.sample_sheet(judge_params, samples[name].x0, test_feats)
             m[f"sample_fid_{name}"] = sheet["fid"]
+            m[f"background_level_{name}"] = sheet["background_level"]
             m[f"sample_class_fractions_{name}"] = sheet["class_fractions"]
     n = base["fid_num_images"]
     m["fid_note"] = (
         f"Fréchet distance of the judge CNN's 1600-d penultimate features, {n} samples vs "
         f"{n} test images; floor = {n} training vs test images"
     )
-    m["quick_note"] = _diffusion.quick_note(config, "{n} judged samples (a smoke run)")
+    m["quick_note"] = _diffusion.quick_note(config, "{n} judged samples")
+    m["preset"] = config.preset
+    n_train = len(data["x_train"])
+    if config.preset == "book":
+        m |= _diffusion_book.loss_metrics(Config.STEP, history, n_train, config.batch_size)
 
     with StepOutput(config, checkpoints=True) as out:
         if out.plots:
-            figures(out, config, rows, samples, history)
+            figures(out, config, rows, samples, history, pretrained=not raw)
             _book_noising.figure(out, book_noising)
+            if config.preset == "book":
+                _diffusion_book.loss_figure(out, Config.STEP, history, n_train, config.batch_size)
         return out.finish(m)
 
 
 def draw_samples(
-    config: Config, model: Any, state: Any, data: dict, key: jax.Array, *, n_fid: int
+    config: Config, model: Any, state: Any, data: dict, key: jax.Array, *, n_fid: int, raw: bool = True
 ) -> dict[str, _diffusion_sampling.Samples]:
     """The grids (20 images: DDPM with its trajectory, DDIM with EMA and with raw weights, same noise)
     and the judged samples (``n_fid`` each: DDPM if ``--ddpm-fid``, DDIM, DDIM without EMA). The EMA
-    weights are sampled with BatchNorm statistics re-estimated for them."""
-    ema, raw, raw_stats = state.ema_params, state.params, state.model_state
+    weights are sampled with BatchNorm statistics re-estimated for them. ``raw=False`` (the shipped
+    weights, EMA only): no raw-weight samples."""
+    ema, raw_params, raw_stats = state.ema_params, state.params, state.model_state
     k_grid, k_ddpm, k_ddim, k_bn = jax.random.split(key, 4)
     stats = _diffusion.recalibrate_batch_stats(config, model, ema, raw_stats, data, k_bn)
     sample = functools.partial(_diffusion_sampling.sample, config, model)
     samples = {
         "grid": sample(ema, stats, k_grid, n=20, kind="ddpm"),
         "ddim_grid": sample(ema, stats, k_grid, n=20, kind="ddim"),
-        "raw_grid": sample(raw, raw_stats, k_grid, n=20, kind="ddim"),
     }
-    if config.ddpm_fid:
+    if raw:
+        samples["raw_grid"] = sample(raw_params, raw_stats, k_grid, n=20, kind="ddim")
+    if _diffusion.ddpm_fid(config):
         samples["ddpm"] = sample(ema, stats, k_ddpm, n=n_fid, kind="ddpm")
     samples["ddim"] = sample(ema, stats, k_ddim, n=n_fid, kind="ddim")
-    samples["ddim_no_ema"] = sample(raw, raw_stats, k_ddim, n=n_fid, kind="ddim")
+    if raw:
+        samples["ddim_no_ema"] = sample(raw_params, raw_stats, k_ddim, n=n_fid, kind="ddim")
     return samples
 
 
-def figures(out: StepOutput, config: Config, rows: dict, samples: dict, history: dict) -> None:
+def figures(
+    out: StepOutput, config: Config, rows: dict, samples: dict, history: dict, pretrained: bool
+) -> None:
+    weights = "pretrained EMA weights, shipped" if pretrained else "EMA weights"
     forward_figure(out, config, rows)
     _diffusion_figures.show_grid(
         out,
         samples["grid"].x0,
         2,
         10,
-        f"DDPM ({config.num_timesteps} steps, EMA weights): 20 samples",
+        f"DDPM ({config.num_timesteps} steps, {weights}): 20 samples",
         "samples",
     )
-    _diffusion_figures.show_grid(
-        out,
-        np.concatenate([samples["ddim_grid"].x0[:10], samples["raw_grid"].x0[:10]]),
-        2,
-        10,
-        f"DDIM {config.ddim_steps} steps, same noise: EMA weights (top) vs raw weights (bottom)",
-        "samples_ema_vs_raw",
-        yticks=[14, 42],
-        yticklabels=["EMA", "raw"],
-    )
+    if "raw_grid" in samples:
+        _diffusion_figures.show_grid(
+            out,
+            np.concatenate([samples["ddim_grid"].x0[:10], samples["raw_grid"].x0[:10]]),
+            2,
+            10,
+            f"DDIM {config.ddim_steps} steps, same noise: EMA weights (top) vs raw weights (bottom)",
+            "samples_ema_vs_raw",
+            yticks=[14, 42],
+            yticklabels=["EMA", "raw"],
+        )
+    else:
+        _diffusion_figures.show_grid(
+            out, samples["ddim_grid"].x0, 2, 10, f"DDIM {config.ddim_steps} steps ({weights})", "samples_ddim"
+        )
     trajectory = samples["grid"].trajectory
     _diffusion_figures.trajectory_figure(
-        out, trajectory.xs, trajectory.ts, "Denoising: x_T → x_0 (DDPM, EMA weights)"
+        out, trajectory.xs, trajectory.ts, f"Denoising: x_T → x_0 (DDPM, {weights})"
     )
-    _diffusion_figures.loss_figure(out, history, "Step 9 — DDPM training loss", BOOK_FINAL_LOSS)
+    loss_title = "Step 9 — DDPM training loss" + (" (the shipped pretrained run's)" if pretrained else "")
+    _diffusion_figures.loss_figure(out, history, loss_title, BOOK_FINAL_LOSS)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@ fraction of generated images the judge labels as their conditioning label — fo
 ``--gammas`` (and per class), ``judge_test_accuracy`` (the judge on real test images, the ceiling),
 ``sample_fid_ddim``/``sample_fid_ddpm`` at γ (Fréchet distance of judge features vs the test images)
 beside ``fid_real_floor``, sampling seconds. Figures: samples per label, the guidance sweep, accuracy
-against γ, the loss curve. ``--quick``: width 8, 2 epochs on 1,000 digits, 20 samples per γ.
+against γ, the loss curve. ``--quick``: samples the project's own trained weights shipped in the
+package (labelled pretrained; 200 samples at ``--gamma``, 20 at the other γ, no training) when they are
+there; ``--quick --weights train``: width 8, 2 epochs on 1,000 digits, 20 samples per γ.
+``background_level_*``: the mean pixel value on the 4-pixel frame, beside the real test images'
+``background_level_real``. ``--preset book``: the book's own settings (:mod:`experiments._diffusion_book`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from experiments import _diffusion, _diffusion_figures, _diffusion_judge, _diffusion_sampling
+from experiments import _diffusion, _diffusion_book, _diffusion_figures, _diffusion_judge, _diffusion_sampling
 from experiments._cli import cli
 from experiments._fitting import check_checkpoints
 from experiments._outputs import StepOutput
@@ -40,13 +44,23 @@ BOOK_FINAL_LOSS = 0.01748
 @dataclass(frozen=True)
 class Config(_diffusion.DiffusionConfig):
     out: str = "outputs/step10_guidance"
+    STEP = "step10_guidance"  # the name of its shipped weights (experiments._diffusion_pretrained)
     label_drop: float = 0.1
     drop_mode: str = "batch"
     gamma: float = 3.0
     gammas: str = "0,1,3,5"
     sweep_sampler: str = "ddim"
 
-    SUMMARY = ("final_loss", "cfg_accuracy", "sample_fid_ddim", "sample_fid_ddpm", "fid_real_floor")
+    SUMMARY = (
+        "weights",
+        "final_loss",
+        "cfg_accuracy",
+        "sample_fid_ddim",
+        "sample_fid_ddpm",
+        "fid_real_floor",
+        "background_level_ddim",
+        "background_level_real",
+    )
     HELP = {
         **_diffusion.COMMON_HELP,
         "label_drop": "probability of dropping labels in training (book: 0.1; 0 = plain conditional model)",
@@ -106,11 +120,11 @@ def _tag(gamma: float) -> str:
 
 
 def main(config: Config) -> dict:
+    config = _diffusion_book.apply(config)  # --preset book: the book's settings
     gammas = validate(config)
     data = _diffusion.load_images(config)
     sizes = _diffusion.run_sizes(config)
     key_train, key_judge, key_s = jax.random.split(jax.random.key(config.seed), 3)
-    model = _diffusion.build_model(config, conditional=True)
     loss_options = {
         "conditional": True,
         "label_drop": config.label_drop,
@@ -118,20 +132,24 @@ def main(config: Config) -> dict:
         "num_classes": NUM_CLASSES,
     }
     fingerprint = {"step": 10, "label_drop": config.label_drop, "drop_mode": config.drop_mode}
-    state, history, info = _diffusion.train(config, model, data, key_train, loss_options=loss_options,
-                                            fingerprint=fingerprint)  # fmt: skip
-    judge_params, judge_info = _diffusion_judge.judge(config, data, key_judge, epochs=sizes.judge_epochs)
-    base, test_feats = _diffusion_judge.judge_baselines(judge_params, data, sizes.fid_samples)
-    judged = functools.partial(_diffusion_judge.sample_sheet, judge_params, test_feats=test_feats)
+    run = _diffusion.trained_model(config, data, (key_train, key_judge), conditional=True,
+                                   loss_options=loss_options, fingerprint=fingerprint)  # fmt: skip
+    model, state, history, info = run["model"], run["state"], run["history"], run["info"]
+    base, test_feats = _diffusion_judge.judge_baselines(run["judge_params"], data, sizes.fid_samples)
+    judged = functools.partial(_diffusion_judge.sample_sheet, run["judge_params"], test_feats=test_feats)
+    n_other = sizes.num_samples
+    if config.quick and run["metrics"]["weights"] == "pretrained":
+        n_other = min(n_other, _diffusion.QUICK["num_samples"])  # the other γ: a figure row, a rough number
     sweep = guidance_sweep(config, model, state, data, key_s, gammas, judged, n=sizes.num_samples,
-                           n_fid=base["fid_num_images"])  # fmt: skip
+                           n_fid=base["fid_num_images"], n_other=n_other)  # fmt: skip
 
     n, n_fid, other = sizes.num_samples, base["fid_num_images"], sweep["other"]
     m: dict[str, Any] = {
         **_diffusion.training_metrics(history, info, BOOK_FINAL_LOSS),
         "book_final_loss_note": "notebook 10's guidance cell, which trains without dropping labels "
         "(conditional.py: 0.01775); the book prints no loss of a run that drops labels",
-        **judge_info,
+        **run["metrics"],
+        **run["judge_info"],
         **base,
         "cfg_gammas": gammas,
         "sweep_sampler": config.sweep_sampler,
@@ -140,24 +158,56 @@ def main(config: Config) -> dict:
     if "sample_fid_ddpm" in m:
         m["ddim_over_ddpm_fid"] = m["sample_fid_ddim"] / m["sample_fid_ddpm"]
     m["sampling_note"] = (
-        f"*_sample_seconds at γ={config.gamma:g}: {n} images ({config.sweep_sampler}), {n_fid} images "
-        f"({other}); DDPM {config.num_timesteps} steps, DDIM {config.ddim_steps} steps"
+        f"*_sample_seconds at γ={config.gamma:g}: {n} images ({config.sweep_sampler})"
+        + (f", {n_fid} images ({other})" if f"{other}_sample_seconds" in m else f", no {other} samples")
+        + f"; DDPM {config.num_timesteps} steps, DDIM {config.ddim_steps} steps"
     )
     m["fid_note"] = (
         f"judge-CNN penultimate features, first {n_fid} samples (labels i % 10) at γ={config.gamma:g} vs "
         f"{n_fid} test images; floor = training vs test images, same count"
     )
-    m["quick_note"] = _diffusion.quick_note(config, "{n} samples per γ")
+    m["quick_note"] = _diffusion.quick_note(config, "{n} samples per γ (see cfg_num_samples)")
+    m["preset"] = config.preset
+    book, n_train = None, len(data["x_train"])
+    if config.preset == "book":
+        book = book_grid(config, model, state, jax.random.fold_in(key_s, 16), run["judge_params"])
+        m |= book["metrics"] | _diffusion_book.loss_metrics(Config.STEP, history, n_train, config.batch_size)
 
     with StepOutput(config, checkpoints=True) as out:
         if out.plots:
-            figures(out, config, history, sweep, gammas, base["judge_test_accuracy"])
+            pretrained = run["metrics"]["weights"] == "pretrained"
+            figures(out, config, history, sweep, gammas, base["judge_test_accuracy"], pretrained=pretrained)
+            if book is not None:
+                _diffusion_book.loss_figure(out, Config.STEP, history, n_train, config.batch_size)
+                _diffusion_book.labelled_grid(out, book["x0"], book["labels"], book["title"], "book_samples")
         return out.finish(m)
 
 
-def guidance_sweep(config, model, state, data, key, gammas, judged, *, n: int, n_fid: int) -> dict[str, Any]:
-    """Sample ``n`` images per γ with the sweep sampler (the same key for every γ: the same starting
-    noise, only the guidance differs) and judge them; then ``n_fid`` images at ``--gamma`` with the
+def book_grid(config: Config, model: Any, state: Any, key: jax.Array, judge_params: Any) -> dict[str, Any]:
+    """``--preset book``: the book's figure, 20 DDPM-1000 samples at γ for 20 uniformly random labels
+    (its ``torch.randint(0, 10, (20,))``), judged; the sampled weights are the trained ones (no EMA)."""
+    key_labels, key_x = jax.random.split(key)
+    labels = _diffusion_book.random_labels(key_labels)
+    condition = {"condition": condition_for(config.gamma), "labels": labels, "gamma": config.gamma}
+    samples = _diffusion_sampling.sample(config, model, state.ema_params, state.model_state, key_x,
+                                         n=len(labels), kind="ddpm", **condition)  # fmt: skip
+    _, preds = _diffusion_judge.judge_outputs(judge_params, samples.x0)
+    metrics = {
+        "book_grid_labels": labels.tolist(),
+        "book_grid_judged": preds.tolist(),
+        "book_grid_accuracy": float(np.mean(preds == labels)),
+        "book_grid_background_level": _diffusion_judge.background_level(samples.x0),
+    }
+    title = f"The book's figure: DDPM {config.num_timesteps} steps, γ = {config.gamma:g}, 20 random labels"
+    return {"metrics": metrics, "x0": samples.x0, "labels": labels, "title": title}
+
+
+def guidance_sweep(
+    config, model, state, data, key, gammas, judged, *, n: int, n_fid: int, n_other: int | None = None
+) -> dict[str, Any]:
+    """Sample ``n`` images at ``--gamma`` and ``n_other`` (default ``n``) at every other γ with the
+    sweep sampler (the same key for every γ: the same starting noise, only the guidance differs),
+    judge them and measure their ``background_level``; then ``n_fid`` images at ``--gamma`` with the
     other sampler for its FID. The EMA weights are sampled with BatchNorm statistics re-estimated
     for them. Returns ``metrics``, ``accuracy`` (per γ), ``per_class``, ``shown`` (samples per γ)
     and ``other`` (the other sampler's name)."""
@@ -174,27 +224,35 @@ def guidance_sweep(config, model, state, data, key, gammas, judged, *, n: int, n
     metrics: dict[str, Any] = {}
     accuracy, per_class, shown = [], {}, {}
     k_sweep, k_ddpm = jax.random.split(key)
+    counts = []
     for gamma in gammas:
-        samples, labels = draw(k_sweep, n=n, gamma=gamma, kind=config.sweep_sampler)
+        count = n if gamma == config.gamma or n_other is None else max(n_other, NUM_CLASSES)
+        samples, labels = draw(k_sweep, n=count, gamma=gamma, kind=config.sweep_sampler)
         sheet = judged(samples.x0, labels=labels, n_fid=n_fid)
         accuracy.append(sheet["accuracy"])
+        counts.append(count)
         per_class[gamma] = sheet["accuracy_per_class"]
         metrics[f"cfg_accuracy_{_tag(gamma)}"] = sheet["accuracy"]
         metrics[f"cfg_accuracy_per_class_{_tag(gamma)}"] = sheet["accuracy_per_class"]
         shown[gamma] = samples.x0
         if gamma == config.gamma:
             metrics[f"sample_fid_{config.sweep_sampler}"] = sheet["fid"]
+            metrics[f"background_level_{config.sweep_sampler}"] = sheet["background_level"]
             metrics[f"{config.sweep_sampler}_sample_seconds"] = samples.seconds
     metrics["cfg_accuracy"] = accuracy
+    metrics["cfg_num_samples"] = counts
     other = "ddpm" if config.sweep_sampler == "ddim" else "ddim"
-    if other == "ddim" or config.ddpm_fid:
+    if other == "ddim" or _diffusion.ddpm_fid(config):
         samples, _ = draw(k_ddpm, n=n_fid, gamma=config.gamma, kind=other)
-        metrics[f"sample_fid_{other}"] = judged(samples.x0, n_fid=n_fid)["fid"]
+        sheet = judged(samples.x0, n_fid=n_fid)
+        metrics[f"sample_fid_{other}"] = sheet["fid"]
+        metrics[f"background_level_{other}"] = sheet["background_level"]
         metrics[f"{other}_sample_seconds"] = samples.seconds
     return {"metrics": metrics, "accuracy": accuracy, "per_class": per_class, "shown": shown, "other": other}
 
 
-def figures(out, config, history, sweep, gammas, ceiling) -> None:
+def figures(out, config, history, sweep, gammas, ceiling, *, pretrained: bool = False) -> None:
+    origin = ", pretrained weights (shipped)" if pretrained else ""
     shown, accuracy, per_class = sweep["shown"], sweep["accuracy"], sweep["per_class"]
     per_label = min(10, len(shown[config.gamma]) // NUM_CLASSES)
     if per_label >= 1:
@@ -204,7 +262,7 @@ def figures(out, config, history, sweep, gammas, ceiling) -> None:
             x.transpose(1, 0, 2, 3, 4).reshape(-1, 28, 28, 1),
             NUM_CLASSES,
             per_label,
-            f"γ = {config.gamma:g} ({config.sweep_sampler}): row = conditioning label 0–9",
+            f"γ = {config.gamma:g} ({config.sweep_sampler}{origin}): row = conditioning label 0–9",
             "samples_per_label",
             yticks=[14 + 28 * i for i in range(10)],
             yticklabels=[str(i) for i in range(10)],
@@ -215,7 +273,7 @@ def figures(out, config, history, sweep, gammas, ceiling) -> None:
         rows,
         len(gammas),
         NUM_CLASSES,
-        "Guidance sweep, same starting noise: columns = labels 0–9 (γ = 0 ignores the label)",
+        f"Guidance sweep{origin}, same starting noise: columns = labels 0–9 (γ = 0 ignores the label)",
         "guidance_sweep",
         yticks=[14 + 28 * i for i in range(len(gammas))],
         yticklabels=[f"γ={g:g}" for g in gammas],
@@ -228,7 +286,7 @@ def figures(out, config, history, sweep, gammas, ceiling) -> None:
     ax1.set_ylabel("cfg_accuracy (judge agrees with the label)")
     ax1.set_ylim(0, 1.02)
     ax1.legend(loc="lower right")
-    ax1.set_title("Accuracy against guidance")
+    ax1.set_title("Accuracy against guidance" + (" (pretrained)" if pretrained else ""))
     width = 0.8 / len(gammas)
     for i, g in enumerate(gammas):
         ax2.bar(np.arange(10) + i * width - 0.4 + width / 2, per_class[g], width, label=f"γ={g:g}")
@@ -239,7 +297,11 @@ def figures(out, config, history, sweep, gammas, ceiling) -> None:
     ax2.set_title("Per class")
     out.figure(fig, "guidance_accuracy")
     _diffusion_figures.loss_figure(
-        out, history, "Step 10 — classifier-free guidance training loss", BOOK_FINAL_LOSS
+        out,
+        history,
+        "Step 10 — classifier-free guidance training loss"
+        + (" (the shipped pretrained run's)" if pretrained else ""),
+        BOOK_FINAL_LOSS,
     )
 
 

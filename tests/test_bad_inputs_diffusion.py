@@ -205,7 +205,8 @@ def test_a_bad_judge_folder_is_one_error_before_training(
 
 def test_a_broken_cnn_run_beside_the_output_is_named_under_judge_auto(tmp_path, capsys, no_training):
     _judge_dir(tmp_path, config='{"dataset": "mnist-5k"}', name="cnn")  # OUT/../cnn, what auto reuses
-    line = _error_line(step10_guidance, ["--quick"], tmp_path, capsys)
+    # --weights train: the shipped judge of the pretrained path never looks at OUT/../cnn
+    line = _error_line(step10_guidance, ["--quick", "--weights", "train"], tmp_path, capsys)
     assert re.search(r"cnn/params cannot be read as the CNN's parameters", line), line
 
 

@@ -13,7 +13,7 @@ import pytest
 from experiments import _diffusion, _diffusion_judge, step09_diffusion, step10_guidance
 
 # tiny but complete: width 8 (quick), T = 20, DDIM 5 steps, 20 judged samples, 1 epoch
-TINY = {"quick": True, "num_timesteps": 20, "ddim_steps": 5, "epochs": 1}
+TINY = {"quick": True, "num_timesteps": 20, "ddim_steps": 5, "epochs": 1, "weights": "train"}
 
 
 def test_step09_runs_and_writes_its_contract(tmp_path):
@@ -99,7 +99,7 @@ def test_bad_settings_fail_before_any_output(tmp_path, module, overrides, messag
 
 
 def test_batchnorm_statistics_are_recalibrated_for_the_ema_weights():
-    config = replace(step10_guidance.Config(), quick=True, bn_recalibration=3)
+    config = replace(step10_guidance.Config(), quick=True, bn_recalibration=3, weights="train")
     data = _diffusion.load_images(config)
     model = _diffusion.build_model(config, conditional=True)
     from dlx_jax import unet
