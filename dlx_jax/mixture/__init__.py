@@ -33,8 +33,8 @@ finite: the M-step notices when the fast moment formula for the covariances has 
 to cancellation and recomputes them centred on the component means.
 
 **Large N on several devices.** Every sum over the data (the E-step's responsibilities, the
-M-step's sufficient statistics :math:`N_j`, :math:`\sum_i \gamma_{ij} x_i`,
-:math:`\sum_i \gamma_{ij} x_i x_i^\top`, the log-likelihood) is a reduction over the data axis, so
+M-step's sufficient statistics :math:`N_j`, :math:`\\sum_i \\gamma_{ij} x_i`,
+:math:`\\sum_i \\gamma_{ij} x_i x_i^\\top`, the log-likelihood) is a reduction over the data axis, so
 data placed sharded over a device mesh, ``x = jax.device_put(x, training.batch_sharding(mesh))``
 (``n`` a multiple of the device count), makes :func:`fit`, :func:`em_step` and :func:`fit_restarts`
 compute each device's partial statistics and one all-reduce per update (XLA's SPMD partitioner;
