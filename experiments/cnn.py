@@ -164,16 +164,7 @@ def _train_jax(config: Config, epochs: int, x_train, y_train, x_test, y_test, pr
         progress.advance(epoch, test_acc=acc)
         return {"test_accuracy": acc}
 
-    fingerprint = {
-        "model": "cnn",
-        "dataset": config.dataset,
-        "n_train": len(y_train),
-        "quick": config.quick,
-        "batch_size": config.batch_size,
-        "lr": config.lr,
-        "seed": config.seed,
-        **_fitting.mesh_fingerprint(mesh),
-    }
+    fingerprint = _fingerprint(config, len(y_train), **_fitting.mesh_fingerprint(mesh))
     state, history, _ = _fitting.train(
         config,
         key_train,
@@ -228,16 +219,7 @@ def _train_ensemble(config: Config, epochs: int, x_train, y_train, x_test, y_tes
         progress.advance(epoch, test_acc=ensemble)
         return {"member_test_accuracy": members, "test_accuracy": ensemble}
 
-    fingerprint = {
-        "model": "cnn",
-        "ensemble": size,
-        "dataset": config.dataset,
-        "n_train": len(y_train),
-        "quick": config.quick,
-        "batch_size": config.batch_size,
-        "lr": config.lr,
-        "seed": config.seed,
-    }
+    fingerprint = _fingerprint(config, len(y_train), ensemble=size)
     states, history, _ = _fitting.train(
         config,
         keys,
@@ -254,9 +236,30 @@ def _train_ensemble(config: Config, epochs: int, x_train, y_train, x_test, y_tes
     )
     params = training.gather(states.params)
     probs = np.asarray(training.gather(probs_fn(states.params)))
-    last = history["eval"][-1]
+    extra = _ensemble_metrics(config, history, params, seq_states.params, seq_s, mesh)
+    curves = {
+        "train_loss": history["loss"],
+        "test_accuracy": [row["test_accuracy"] for row in history["eval"]],
+        "epoch_seconds": history["epoch_seconds"],
+    }
+    return params, curves, np.argmax(probs.mean(0), -1), compile_s, extra
+
+
+def _fingerprint(config: Config, n_train: int, **extra) -> dict:
+    """The settings a ``--resume`` checkpoint must share (plus ``extra``: the mesh, the ensemble)."""
+    names = ("dataset", "quick", "batch_size", "lr", "seed")
+    return {"model": "cnn", "n_train": n_train, **{n: getattr(config, n) for n in names}, **extra}
+
+
+def _ensemble_metrics(config: Config, history: dict, params, sequential_params, seq_s: float, mesh) -> dict:
+    """The ensemble's metrics: members' and ensemble accuracies, both training times and their ratio,
+    and how far the vmapped members are from the same members trained one after another."""
+    import jax
+
+    size, last = config.ensemble, history["eval"][-1]
     vmapped_s = float(np.sum(history["epoch_seconds"]))
-    extra = {
+    pairs = zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(sequential_params), strict=True)
+    return {
         "ensemble_size": size,
         "member_seeds": list(range(config.seed, config.seed + size)),
         "member_test_accuracy": last["member_test_accuracy"],
@@ -266,22 +269,13 @@ def _train_ensemble(config: Config, epochs: int, x_train, y_train, x_test, y_tes
         "sequential_train_seconds": seq_s,
         "ensemble_speedup": seq_s / vmapped_s,
         "ensemble_vs_sequential_max_param_diff": max(
-            float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-            for a, b in zip(
-                jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(seq_states.params), strict=True
-            )
+            float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in pairs
         ),
         "ensemble_note": f"{size} CNNs, member m trained with seed {config.seed}+m; ensemble = argmax of "
         "the members' mean softmax probabilities; *_train_seconds exclude compilation (vmapped: one call "
         "per epoch for all members; sequential: the single-model epoch, member after member); "
         f"{mesh.devices.size} device(s)",
     }
-    curves = {
-        "train_loss": history["loss"],
-        "test_accuracy": [row["test_accuracy"] for row in history["eval"]],
-        "epoch_seconds": history["epoch_seconds"],
-    }
-    return params, curves, np.argmax(probs.mean(0), -1), compile_s, extra
 
 
 def _train_numpy(config: Config, epochs: int, x_train, y_train, x_test, y_test, progress, *, mesh=None):

@@ -120,9 +120,9 @@ def check_divides(batch_size: int, mesh: Mesh, *, what: str = "--batch-size") ->
 
 def _global(value: Any, sharding: NamedSharding) -> jax.Array:
     """A global array of ``value`` (the same on every process) laid out as ``sharding``."""
-    host = np.asarray(value)
     if isinstance(value, jax.Array) and value.sharding == sharding:
         return value
+    host = np.asarray(value)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
@@ -176,12 +176,10 @@ def shard_batch(tree: Any, mesh: Mesh, *, batch_size: int | None = None) -> Any:
     leaves = jax.tree_util.tree_leaves(tree)
     n = batch_size if batch_size is not None else int(np.shape(leaves[0])[0])
     check_divides(n, mesh, what="the batch size")
-    rows = process_rows(n, mesh)
+    rows = process_rows(n, mesh) if batch_size is None else slice(None)  # given rows: this process's
 
     def put(leaf: Any) -> jax.Array:
-        local = np.asarray(leaf)
-        if batch_size is None:
-            local = local[rows]
+        local = np.asarray(leaf)[rows]
         return jax.make_array_from_process_local_data(sharding, local, (n, *local.shape[1:]))
 
     return jax.tree_util.tree_map(put, tree)
