@@ -202,10 +202,11 @@ def export_unet(
     command: str,
     commit: str,
     config_file: Path | None = None,
-    kind: str = "ema",
+    kind: str = "raw",
 ) -> dict[str, Any]:
-    """Write ``dest/params`` (EMA weights + their re-estimated BatchNorm statistics, as the run sampled
-    them) and ``dest/provenance.json`` from a step-9/10 run folder ``run``: its ``checkpoints`` (or,
+    """Write ``dest/params`` (``kind`` raw: the trained weights with their own BatchNorm statistics,
+    what ships; ema: the EMA weights with statistics re-estimated, as the run sampled them) and
+    ``dest/provenance.json`` from a step-9/10 run folder ``run``: its ``checkpoints`` (or,
     while the run still judges its samples, ``checkpoints.partial`` with ``config_file``)."""
     # export only: the steps (and _diffusion) import this module
     from experiments import _diffusion, step09_diffusion, step10_guidance
@@ -285,7 +286,7 @@ def _main() -> None:
     parser.add_argument(
         "--config", default=None, help="the run's settings while it has not written config.json"
     )
-    parser.add_argument("--kind", default="ema", choices=("ema", "raw"), help="which weights to store")
+    parser.add_argument("--kind", default="raw", choices=("raw", "ema"), help="which weights to store")
     args = parser.parse_args()
     dest = Path(args.dest) if args.dest else WEIGHTS_DIR / args.name
     if args.name == JUDGE_NAME:

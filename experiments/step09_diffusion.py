@@ -126,7 +126,7 @@ def main(config: Config) -> dict:
         jax.random.fold_in(key_fwd, 9), _diffusion.schedule(config), config.photo
     )
     base, test_feats = _diffusion_judge.judge_baselines(judge_params, data, sizes.fid_samples)
-    raw = run["metrics"]["weights"] != "pretrained"  # the shipped weights are the EMA ones only
+    raw = run["metrics"]["weights"] != "pretrained"  # shipped: one set of sampling weights, no EMA/raw pair
     samples = draw_samples(config, model, state, data, key_s, n_fid=base["fid_num_images"], raw=raw)
 
     m: dict[str, Any] = {
@@ -174,7 +174,7 @@ def draw_samples(
     """The grids (20 images: DDPM with its trajectory, DDIM with EMA and with raw weights, same noise)
     and the judged samples (``n_fid`` each: DDPM if ``--ddpm-fid``, DDIM, DDIM without EMA). The EMA
     weights are sampled with BatchNorm statistics re-estimated for them. ``raw=False`` (the shipped
-    weights, EMA only): no raw-weight samples."""
+    weights: one set, stored as the state's raw and EMA weights alike): no second, raw-weight set."""
     ema, raw_params, raw_stats = state.ema_params, state.params, state.model_state
     k_grid, k_ddpm, k_ddim, k_bn = jax.random.split(key, 4)
     stats = _diffusion.recalibrate_batch_stats(config, model, ema, raw_stats, data, k_bn)
@@ -196,7 +196,7 @@ def draw_samples(
 def figures(
     out: StepOutput, config: Config, rows: dict, samples: dict, history: dict, pretrained: bool
 ) -> None:
-    weights = "pretrained EMA weights, shipped" if pretrained else "EMA weights"
+    weights = "pretrained weights, shipped" if pretrained else "EMA weights"
     forward_figure(out, config, rows)
     _diffusion_figures.show_grid(
         out,
