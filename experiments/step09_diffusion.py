@@ -126,7 +126,9 @@ def main(config: Config) -> dict:
         jax.random.fold_in(key_fwd, 9), _diffusion.schedule(config), config.photo
     )
     base, test_feats = _diffusion_judge.judge_baselines(judge_params, data, sizes.fid_samples)
-    raw = run["metrics"]["weights"] != "pretrained"  # shipped: one set of sampling weights, no EMA/raw pair
+    pretrained = run["metrics"]["weights"] == "pretrained"
+    # one set of sampling weights (shipped, or the book's: EMA decay 0 = the trained weights): no EMA/raw pair
+    raw = not pretrained and config.preset != "book"
     samples = draw_samples(config, model, state, data, key_s, n_fid=base["fid_num_images"], raw=raw)
 
     m: dict[str, Any] = {
@@ -161,7 +163,7 @@ def main(config: Config) -> dict:
 
     with StepOutput(config, checkpoints=True) as out:
         if out.plots:
-            figures(out, config, rows, samples, history, pretrained=not raw)
+            figures(out, config, rows, samples, history, pretrained=pretrained)
             _book_noising.figure(out, book_noising)
             if config.preset == "book":
                 _diffusion_book.loss_figure(out, Config.STEP, history, n_train, config.batch_size)
@@ -173,8 +175,8 @@ def draw_samples(
 ) -> dict[str, _diffusion_sampling.Samples]:
     """The grids (20 images: DDPM with its trajectory, DDIM with EMA and with raw weights, same noise)
     and the judged samples (``n_fid`` each: DDPM if ``--ddpm-fid``, DDIM, DDIM without EMA). The EMA
-    weights are sampled with BatchNorm statistics re-estimated for them. ``raw=False`` (the shipped
-    weights: one set, stored as the state's raw and EMA weights alike): no second, raw-weight set."""
+    weights are sampled with BatchNorm statistics re-estimated for them. ``raw=False`` (one set of
+    weights: the shipped ones, or ``--preset book``'s trained ones): no second, raw-weight set."""
     ema, raw_params, raw_stats = state.ema_params, state.params, state.model_state
     k_grid, k_ddpm, k_ddim, k_bn = jax.random.split(key, 4)
     stats = _diffusion.recalibrate_batch_stats(config, model, ema, raw_stats, data, k_bn)
@@ -196,7 +198,9 @@ def draw_samples(
 def figures(
     out: StepOutput, config: Config, rows: dict, samples: dict, history: dict, pretrained: bool
 ) -> None:
-    weights = "pretrained weights, shipped" if pretrained else "EMA weights"
+    weights = "EMA weights"
+    if pretrained or config.preset == "book":
+        weights = "pretrained weights, shipped" if pretrained else "trained weights, no EMA (the book's)"
     forward_figure(out, config, rows)
     _diffusion_figures.show_grid(
         out,
