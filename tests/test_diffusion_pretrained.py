@@ -124,3 +124,44 @@ def test_fifty_samples_of_the_shipped_guided_weights_are_the_digits_asked_for():
     """The default suite's cheaper copy of the guard above: 50 images, >= 90 % judged as their label."""
     accuracy, _, command = _guided_accuracy(50)
     assert accuracy >= 0.9, f"cfg_accuracy {accuracy} at γ = 3 from the shipped weights ({command})"
+
+
+def _unconditional_sheet(n: int) -> dict:
+    """``n`` DDIM-50 samples of the shipped step-9 UNet judged by the shipped CNN: the judged class
+    fractions, their ``background_level`` and FID beside real test digits', same count."""
+    model, params, stats, prov = _diffusion_pretrained.load_unet("step09_diffusion")
+    judge, _ = _diffusion_pretrained.load_judge()
+    eps_fn = diffusion.make_eps_fn(unet.make_apply_fn(model), params, stats)
+    sched = diffusion.linear_schedule(1000, 1e-4, 0.02)
+    sample = jax.jit(lambda k: diffusion.ddim_sample(k, eps_fn, sched, shape=(n, 28, 28, 1), num_steps=50))
+    x = np.clip(np.asarray(sample(jax.random.key(0))), 0.0, 1.0)
+    data = _diffusion.load_images(replace(step09_diffusion.Config(), quick=True))
+    feats, preds = _diffusion_judge.judge_outputs(judge, x)
+    real_feats, _ = _diffusion_judge.judge_outputs(judge, data["x_test"][:n])
+    train_feats, _ = _diffusion_judge.judge_outputs(judge, data["x_train"][:: len(data["x_train"]) // n][:n])
+    return {
+        "fractions": np.bincount(preds, minlength=10) / n,
+        "background": _diffusion_judge.background_level(x),
+        "background_real": _diffusion_judge.background_level(data["x_test"]),
+        "fid": _diffusion_judge.fid(feats, real_feats),
+        "floor": _diffusion_judge.fid(train_feats, real_feats),
+        "command": prov["command"],
+    }
+
+
+@shipped("step09_diffusion")
+def test_fifty_unconditional_samples_are_clean_digits_of_many_kinds():
+    """The shipped step-9 UNet: 50 DDIM-50 samples cover >= 8 of the 10 digits (none over 30 %) and
+    their blank frame is within 2x of real digits' (the salt-noise background of issue 16)."""
+    sheet = _unconditional_sheet(50)
+    assert np.count_nonzero(sheet["fractions"]) >= 8 and sheet["fractions"].max() <= 0.3, sheet
+    assert sheet["background"] <= 2 * sheet["background_real"], sheet
+
+
+@shipped("step09_diffusion")
+@pytest.mark.slow  # 200 samples and three feature sets
+def test_two_hundred_unconditional_samples_cover_every_digit_near_the_real_fid_floor():
+    sheet = _unconditional_sheet(200)
+    assert np.count_nonzero(sheet["fractions"]) == 10 and sheet["fractions"].max() <= 0.25, sheet
+    assert sheet["background"] <= 2 * sheet["background_real"], sheet
+    assert sheet["fid"] <= 2 * sheet["floor"], sheet
