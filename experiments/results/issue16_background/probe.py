@@ -71,12 +71,12 @@ def main() -> None:
         line = f"{name:44s} background_level {bg:.4f}  frame>0.1 {hot:.4f}  cfg_acc {acc:.3f}"
         print(line, f"({seconds:.0f} s)", flush=True)
 
-    def sample(params, stats, *, kind="ddim", steps=50, clip=None, count=n):
+    def sample(params, stats, *, kind="ddim", steps=50, clip=None, count=n, eta=0.0):
         eps_fn = diffusion.guided(diffusion.make_eps_fn(apply_fn, params, stats), labels[:count], 3.0)
         shape = (count, 28, 28, 1)
         if kind == "ddim":
             fn = jax.jit(lambda k: diffusion.ddim_sample(k, eps_fn, sched, shape=shape, num_steps=steps,
-                                                         clip_x0=clip))  # fmt: skip
+                                                         clip_x0=clip, eta=eta))  # fmt: skip
         else:
             fn = jax.jit(lambda k: diffusion.ddpm_sample(k, eps_fn, sched, shape=shape, clip_x0=clip))
         start = time.perf_counter()
@@ -94,6 +94,9 @@ def main() -> None:
                                                               count=n // 4)),
         (f"DDPM-1000 ({n // 4} images), clip x0 to [0,1]", dict(params=ema, stats=recal, kind="ddpm",
                                                               count=n // 4, clip=(0.0, 1.0))),
+        ("DDIM-50 η = 1, EMA + re-estimated BN", dict(params=ema, stats=recal, eta=1.0)),
+        ("DDIM-100, EMA + re-estimated BN", dict(params=ema, stats=recal, steps=100)),
+        ("DDIM-50 η = 1, raw weights + their BN stats", dict(params=raw, stats=raw_stats, eta=1.0)),
     ]  # fmt: skip
     only = set(sys.argv[3].split(",")) if len(sys.argv) > 3 else None
     for i, (name, options) in enumerate(variants):
