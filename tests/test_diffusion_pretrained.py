@@ -95,18 +95,26 @@ def test_the_book_preset_keeps_each_epochs_partial_batch():
     assert float(jnp.sum(metrics["total"])) == 45.0  # every example once
 
 
+def _shipped_ddim(name: str, n: int, labels: jax.Array | None = None) -> tuple[np.ndarray, str]:
+    """``n`` DDIM-50 samples in [0, 1] from shipped UNet ``name`` (with ``labels``: guided at γ = 3)
+    and the command that trained it."""
+    model, params, stats, prov = _diffusion_pretrained.load_unet(name)
+    eps_fn = diffusion.make_eps_fn(unet.make_apply_fn(model), params, stats)
+    if labels is not None:
+        eps_fn = diffusion.guided(eps_fn, labels, 3.0)
+    sched = diffusion.linear_schedule(1000, 1e-4, 0.02)
+    sample = jax.jit(lambda k: diffusion.ddim_sample(k, eps_fn, sched, shape=(n, 28, 28, 1), num_steps=50))
+    return np.clip(np.asarray(sample(jax.random.key(0))), 0.0, 1.0), prov["command"]
+
+
 def _guided_accuracy(n: int) -> tuple[float, float, str]:
     """cfg_accuracy and background_level of ``n`` DDIM-50 samples at γ = 3 (labels ``i % 10``) from the
     shipped step-10 UNet, judged by the shipped CNN."""
-    model, params, stats, prov = _diffusion_pretrained.load_unet("step10_guidance")
-    judge, _ = _diffusion_pretrained.load_judge()
     labels = jnp.asarray(np.arange(n) % 10, jnp.int32)
-    eps_fn = diffusion.guided(diffusion.make_eps_fn(unet.make_apply_fn(model), params, stats), labels, 3.0)
-    sched = diffusion.linear_schedule(1000, 1e-4, 0.02)
-    sample = jax.jit(lambda k: diffusion.ddim_sample(k, eps_fn, sched, shape=(n, 28, 28, 1), num_steps=50))
-    x = np.clip(np.asarray(sample(jax.random.key(0))), 0.0, 1.0)
+    x, command = _shipped_ddim("step10_guidance", n, labels)
+    judge, _ = _diffusion_pretrained.load_judge()
     accuracy = float(np.mean(np.asarray(cnn.predict(judge, jnp.asarray(x))) == np.asarray(labels)))
-    return accuracy, _diffusion_judge.background_level(x), prov["command"]
+    return accuracy, _diffusion_judge.background_level(x), command
 
 
 @shipped("step10_guidance")
@@ -127,26 +135,14 @@ def test_fifty_samples_of_the_shipped_guided_weights_are_the_digits_asked_for():
 
 
 def _unconditional_sheet(n: int) -> dict:
-    """``n`` DDIM-50 samples of the shipped step-9 UNet judged by the shipped CNN: the judged class
-    fractions, their ``background_level`` and FID beside real test digits', same count."""
-    model, params, stats, prov = _diffusion_pretrained.load_unet("step09_diffusion")
+    """``n`` DDIM-50 samples of the shipped step-9 UNet judged by the shipped CNN as the step judges
+    them (:func:`_diffusion_judge.sample_sheet`: class fractions, ``background_level``, FID), with the
+    real digits' baselines for the same count (:func:`_diffusion_judge.judge_baselines`)."""
+    x, command = _shipped_ddim("step09_diffusion", n)
     judge, _ = _diffusion_pretrained.load_judge()
-    eps_fn = diffusion.make_eps_fn(unet.make_apply_fn(model), params, stats)
-    sched = diffusion.linear_schedule(1000, 1e-4, 0.02)
-    sample = jax.jit(lambda k: diffusion.ddim_sample(k, eps_fn, sched, shape=(n, 28, 28, 1), num_steps=50))
-    x = np.clip(np.asarray(sample(jax.random.key(0))), 0.0, 1.0)
     data = _diffusion.load_images(replace(step09_diffusion.Config(), quick=True))
-    feats, preds = _diffusion_judge.judge_outputs(judge, x)
-    real_feats, _ = _diffusion_judge.judge_outputs(judge, data["x_test"][:n])
-    train_feats, _ = _diffusion_judge.judge_outputs(judge, data["x_train"][:: len(data["x_train"]) // n][:n])
-    return {
-        "fractions": np.bincount(preds, minlength=10) / n,
-        "background": _diffusion_judge.background_level(x),
-        "background_real": _diffusion_judge.background_level(data["x_test"]),
-        "fid": _diffusion_judge.fid(feats, real_feats),
-        "floor": _diffusion_judge.fid(train_feats, real_feats),
-        "command": prov["command"],
-    }
+    base, test_feats = _diffusion_judge.judge_baselines(judge, data, n)
+    return {**base, **_diffusion_judge.sample_sheet(judge, x, test_feats), "command": command}
 
 
 @shipped("step09_diffusion")
@@ -154,14 +150,16 @@ def test_fifty_unconditional_samples_are_clean_digits_of_many_kinds():
     """The shipped step-9 UNet: 50 DDIM-50 samples cover >= 8 of the 10 digits (none over 30 %) and
     their blank frame is within 2x of real digits' (the salt-noise background of issue 16)."""
     sheet = _unconditional_sheet(50)
-    assert np.count_nonzero(sheet["fractions"]) >= 8 and sheet["fractions"].max() <= 0.3, sheet
-    assert sheet["background"] <= 2 * sheet["background_real"], sheet
+    fractions = sheet["class_fractions"]
+    assert np.count_nonzero(fractions) >= 8 and fractions.max() <= 0.3, sheet
+    assert sheet["background_level"] <= 2 * sheet["background_level_real"], sheet
 
 
 @shipped("step09_diffusion")
 @pytest.mark.slow  # 200 samples and three feature sets
 def test_two_hundred_unconditional_samples_cover_every_digit_near_the_real_fid_floor():
     sheet = _unconditional_sheet(200)
-    assert np.count_nonzero(sheet["fractions"]) == 10 and sheet["fractions"].max() <= 0.25, sheet
-    assert sheet["background"] <= 2 * sheet["background_real"], sheet
-    assert sheet["fid"] <= 2 * sheet["floor"], sheet
+    fractions = sheet["class_fractions"]
+    assert np.count_nonzero(fractions) == 10 and fractions.max() <= 0.25, sheet
+    assert sheet["background_level"] <= 2 * sheet["background_level_real"], sheet
+    assert sheet["fid"] <= 2 * sheet["fid_real_floor"], sheet
