@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlx_jax import cnn, diffusion, unet
+from dlx_jax import diffusion, unet
 from experiments import (
     _diffusion,
     _diffusion_book,
@@ -107,31 +107,38 @@ def _shipped_ddim(name: str, n: int, labels: jax.Array | None = None) -> tuple[n
     return np.clip(np.asarray(sample(jax.random.key(0))), 0.0, 1.0), prov["command"]
 
 
-def _guided_accuracy(n: int) -> tuple[float, float, str]:
-    """cfg_accuracy and background_level of ``n`` DDIM-50 samples at γ = 3 (labels ``i % 10``) from the
-    shipped step-10 UNet, judged by the shipped CNN."""
-    labels = jnp.asarray(np.arange(n) % 10, jnp.int32)
-    x, command = _shipped_ddim("step10_guidance", n, labels)
+def _guided_sheet(n: int) -> dict:
+    """``n`` DDIM-50 samples at γ = 3 (labels ``i % 10``) from the shipped step-10 UNet, judged by the
+    shipped CNN as the step judges them (:func:`_diffusion_judge.sample_sheet`: ``accuracy`` = judged
+    digit is the label, i.e. cfg_accuracy; ``background_level``; FID) with the real digits' baselines
+    for the same count (:func:`_diffusion_judge.judge_baselines`)."""
+    labels = np.arange(n) % 10
+    x, command = _shipped_ddim("step10_guidance", n, jnp.asarray(labels, jnp.int32))
     judge, _ = _diffusion_pretrained.load_judge()
-    accuracy = float(np.mean(np.asarray(cnn.predict(judge, jnp.asarray(x))) == np.asarray(labels)))
-    return accuracy, _diffusion_judge.background_level(x), command
+    data = _diffusion.load_images(replace(step10_guidance.Config(), quick=True))
+    base, test_feats = _diffusion_judge.judge_baselines(judge, data, n)
+    return {**base, **_diffusion_judge.sample_sheet(judge, x, test_feats, labels), "command": command}
 
 
 @shipped("step10_guidance")
 @pytest.mark.slow  # about a minute on 2 busy cores; the default suite runs the 50-image guard below
 def test_the_shipped_guided_weights_draw_digits_the_shipped_judge_recognises():
-    """DDIM-50 at γ = 3 on 200 images from the shipped step-10 UNet; the shipped judge must agree
-    with the conditioning label on >= 95 % of them (a guard on the samplers and the UNet end to end)."""
-    accuracy, background, command = _guided_accuracy(200)
-    assert accuracy >= 0.95, f"cfg_accuracy {accuracy} at γ = 3 from the shipped weights ({command})"
-    assert background < 0.1
+    """DDIM-50 at γ = 3 on 200 images from the shipped step-10 UNet: the shipped judge agrees with the
+    conditioning label on >= 95 % of them (a guard on the samplers and the UNet end to end), their
+    blank frame is within 2x of real digits' and their FID within 2x of the real-data floor."""
+    sheet = _guided_sheet(200)
+    assert sheet["accuracy"] >= 0.95, sheet
+    assert sheet["background_level"] <= 2 * sheet["background_level_real"], sheet
+    assert sheet["fid"] <= 2 * sheet["fid_real_floor"], sheet
 
 
 @shipped("step10_guidance")
 def test_fifty_samples_of_the_shipped_guided_weights_are_the_digits_asked_for():
-    """The default suite's cheaper copy of the guard above: 50 images, >= 90 % judged as their label."""
-    accuracy, _, command = _guided_accuracy(50)
-    assert accuracy >= 0.9, f"cfg_accuracy {accuracy} at γ = 3 from the shipped weights ({command})"
+    """The default suite's cheaper copy of the guard above: 50 images, >= 90 % judged as their label,
+    a frame within 2x of real digits'."""
+    sheet = _guided_sheet(50)
+    assert sheet["accuracy"] >= 0.9, sheet
+    assert sheet["background_level"] <= 2 * sheet["background_level_real"], sheet
 
 
 def _unconditional_sheet(n: int) -> dict:
