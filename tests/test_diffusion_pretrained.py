@@ -125,7 +125,9 @@ def _guided_sheet(n: int) -> dict:
 def test_the_shipped_guided_weights_draw_digits_the_shipped_judge_recognises():
     """DDIM-50 at γ = 3 on 200 images from the shipped step-10 UNet: the shipped judge agrees with the
     conditioning label on >= 95 % of them (a guard on the samplers and the UNet end to end), their
-    blank frame is within 2x of real digits' and their FID within 2x of the real-data floor."""
+    blank frame is within 2x of real digits' and their FID within 2x of the real-data floor. (A coarse
+    FID guard: 200 images put the floor at about 64 and the samples at 1.3x it; on 1,000 images the
+    shipped model's FID is 2.1x its floor, above the issue-16 goal, see README.)"""
     sheet = _guided_sheet(200)
     assert sheet["accuracy"] >= 0.95, sheet
     assert sheet["background_level"] <= 2 * sheet["background_level_real"], sheet
