@@ -53,7 +53,11 @@ def test_a_quick_run_repeated_with_the_same_seed_gives_the_same_metrics(step, tm
     _assert_same_apart_from_timings(step, _runner_twice(step, tmp_path))
 
 
-@pytest.mark.parametrize("step", DIFFUSION_STEPS)
+# step 9's tiny run (about a minute: two UNet compilations) is in the slow suite; step 10's covers the
+# same training loop (experiments._diffusion.train) and the guided sampler in the default suite
+@pytest.mark.parametrize(
+    "step", [pytest.param("step09_diffusion", marks=pytest.mark.slow), "step10_guidance"]
+)
 def test_a_tiny_diffusion_run_repeated_with_the_same_seed_gives_the_same_metrics(step, tmp_path, monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
     module = importlib.import_module(f"experiments.{step}")
