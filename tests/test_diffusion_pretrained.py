@@ -107,15 +107,15 @@ def _shipped_ddim(name: str, n: int, labels: jax.Array | None = None) -> tuple[n
     return np.clip(np.asarray(sample(jax.random.key(0))), 0.0, 1.0), prov["command"]
 
 
-def _guided_sheet(n: int) -> dict:
-    """``n`` DDIM-50 samples at γ = 3 (labels ``i % 10``) from the shipped step-10 UNet, judged by the
-    shipped CNN as the step judges them (:func:`_diffusion_judge.sample_sheet`: ``accuracy`` = judged
-    digit is the label, i.e. cfg_accuracy; ``background_level``; FID) with the real digits' baselines
-    for the same count (:func:`_diffusion_judge.judge_baselines`)."""
-    labels = np.arange(n) % 10
-    x, command = _shipped_ddim("step10_guidance", n, jnp.asarray(labels, jnp.int32))
+def _shipped_sheet(name: str, n: int) -> dict:
+    """``n`` DDIM-50 samples of shipped UNet ``name`` (step 10: guided at γ = 3, labels ``i % 10``)
+    judged by the shipped CNN as the step judges them (:func:`_diffusion_judge.sample_sheet`: class
+    fractions, ``background_level``, FID and, with labels, ``accuracy`` = cfg_accuracy), with the real
+    digits' baselines for the same count (:func:`_diffusion_judge.judge_baselines`)."""
+    labels = np.arange(n) % 10 if name == "step10_guidance" else None
+    x, command = _shipped_ddim(name, n, None if labels is None else jnp.asarray(labels, jnp.int32))
     judge, _ = _diffusion_pretrained.load_judge()
-    data = _diffusion.load_images(replace(step10_guidance.Config(), quick=True))
+    data = _diffusion.load_images(replace(step09_diffusion.Config(), quick=True))  # both: mnist-5k
     base, test_feats = _diffusion_judge.judge_baselines(judge, data, n)
     return {**base, **_diffusion_judge.sample_sheet(judge, x, test_feats, labels), "command": command}
 
@@ -128,7 +128,7 @@ def test_the_shipped_guided_weights_draw_digits_the_shipped_judge_recognises():
     blank frame is within 2x of real digits' and their FID within 2x of the real-data floor. (A coarse
     FID guard: 200 images put the floor at about 64 and the samples at 1.3x it; on 1,000 images the
     shipped model's FID is 2.1x its floor, above the issue-16 goal, see README.)"""
-    sheet = _guided_sheet(200)
+    sheet = _shipped_sheet("step10_guidance", 200)
     assert sheet["accuracy"] >= 0.95, sheet
     assert sheet["background_level"] <= 2 * sheet["background_level_real"], sheet
     assert sheet["fid"] <= 2 * sheet["fid_real_floor"], sheet
@@ -138,27 +138,16 @@ def test_the_shipped_guided_weights_draw_digits_the_shipped_judge_recognises():
 def test_fifty_samples_of_the_shipped_guided_weights_are_the_digits_asked_for():
     """The default suite's cheaper copy of the guard above: 50 images, >= 90 % judged as their label,
     a frame within 2x of real digits'."""
-    sheet = _guided_sheet(50)
+    sheet = _shipped_sheet("step10_guidance", 50)
     assert sheet["accuracy"] >= 0.9, sheet
     assert sheet["background_level"] <= 2 * sheet["background_level_real"], sheet
-
-
-def _unconditional_sheet(n: int) -> dict:
-    """``n`` DDIM-50 samples of the shipped step-9 UNet judged by the shipped CNN as the step judges
-    them (:func:`_diffusion_judge.sample_sheet`: class fractions, ``background_level``, FID), with the
-    real digits' baselines for the same count (:func:`_diffusion_judge.judge_baselines`)."""
-    x, command = _shipped_ddim("step09_diffusion", n)
-    judge, _ = _diffusion_pretrained.load_judge()
-    data = _diffusion.load_images(replace(step09_diffusion.Config(), quick=True))
-    base, test_feats = _diffusion_judge.judge_baselines(judge, data, n)
-    return {**base, **_diffusion_judge.sample_sheet(judge, x, test_feats), "command": command}
 
 
 @shipped("step09_diffusion")
 def test_fifty_unconditional_samples_are_clean_digits_of_many_kinds():
     """The shipped step-9 UNet: 50 DDIM-50 samples cover >= 8 of the 10 digits (none over 30 %) and
     their blank frame is within 2x of real digits' (the salt-noise background of issue 16)."""
-    sheet = _unconditional_sheet(50)
+    sheet = _shipped_sheet("step09_diffusion", 50)
     fractions = sheet["class_fractions"]
     assert np.count_nonzero(fractions) >= 8 and fractions.max() <= 0.3, sheet
     assert sheet["background_level"] <= 2 * sheet["background_level_real"], sheet
@@ -167,7 +156,7 @@ def test_fifty_unconditional_samples_are_clean_digits_of_many_kinds():
 @shipped("step09_diffusion")
 @pytest.mark.slow  # 200 samples and three feature sets
 def test_two_hundred_unconditional_samples_cover_every_digit_near_the_real_fid_floor():
-    sheet = _unconditional_sheet(200)
+    sheet = _shipped_sheet("step09_diffusion", 200)
     fractions = sheet["class_fractions"]
     assert np.count_nonzero(fractions) == 10 and fractions.max() <= 0.25, sheet
     assert sheet["background_level"] <= 2 * sheet["background_level_real"], sheet
