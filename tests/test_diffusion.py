@@ -386,6 +386,45 @@ def test_guided_eps_limits_and_one_2n_call():
     )
 
 
+def test_guided_eps_interval_guides_only_inside():
+    """interval=(lo, hi): per example, ε̂_u + γ(ε̂_c − ε̂_u) where lo <= t <= hi and ε̂_c elsewhere
+    (both references computed from the recorder's own conditional and unconditional outputs); an
+    interval covering 1..T is the plain rule; still one 2n call; γ may be traced."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(5, 2, 2, 1)).astype(np.float32)
+    labels = np.array([0, 3, 9, 1, 4], np.int32)
+    t = np.array([1, 3, 4, 6, 10], np.int32)
+    rec = _Recorder()
+    cond = rec(x, t, labels, np.ones(5, np.float32))
+    uncond = rec(x, t, labels, np.zeros(5, np.float32))
+    inside = (t >= 3) & (t <= 6)
+    want = np.where(inside[:, None, None, None], uncond + 3 * (cond - uncond), cond)
+    rec.calls.clear()
+    got = diffusion.guided_eps(rec, x, t, labels, 3.0, interval=(3, 6))
+    assert len(rec.calls) == 1
+    np.testing.assert_allclose(got, want, rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32)
+    assert not np.allclose(got, diffusion.guided_eps(rec, x, t, labels, 3.0))
+    np.testing.assert_allclose(
+        diffusion.guided_eps(rec, x, t, labels, 3.0, interval=(1, 10)),
+        diffusion.guided_eps(rec, x, t, labels, 3.0),
+        rtol=RTOL_JIT_F32,
+        atol=ATOL_JIT_F32,
+    )
+    jitted = jax.jit(lambda g: diffusion.guided(rec, labels, g, interval=(3, 6))(x, t))(3.0)
+    np.testing.assert_allclose(jitted, want, rtol=RTOL_JIT_F32, atol=ATOL_JIT_F32)
+    for bad, match in [
+        ((0, 5), "1 <= t_lo <= t_hi"),
+        ((6, 3), "1 <= t_lo <= t_hi"),
+        ((1.0, 5), "two ints"),
+        (400, "a pair"),
+        ((1, 2, 3), "a pair"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            diffusion.guided(rec, labels, 3.0, interval=bad)
+        with pytest.raises(ValueError, match=match):
+            diffusion.guided_eps(rec, x, t, labels, 3.0, interval=bad)
+
+
 def test_guided_eps_bad_inputs_raise():
     x = np.zeros((2, 3), np.float32)
     rec = _Recorder()

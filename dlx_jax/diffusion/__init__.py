@@ -56,7 +56,9 @@ conditioning are closed over it, as score-based codebases close a model into its
 * :func:`conditional` ``(eps_fn, labels)`` returns ``(x, t) -> eps_fn(x, t, labels, 1)``;
 * :func:`guided` ``(eps_fn, labels, gamma)`` returns classifier-free guidance
   ``ε̂ = ε̂_u + γ(ε̂_c - ε̂_u)`` from one ``eps_fn`` call on a ``2n`` batch (:func:`guided_eps`;
-  ``γ = 0`` unconditional, ``γ = 1`` conditional, book ``γ = 3``).
+  ``γ = 0`` unconditional, ``γ = 1`` conditional, book ``γ = 3``); ``interval=(t_lo, t_hi)``
+  guides only for ``t_lo <= t <= t_hi`` and samples the conditional model elsewhere (guidance in
+  a limited interval, Kynkäänniemi et al., 2024; ``None``, the default, guides at every ``t``).
 
 So ``ddim_sample(key, guided(make_eps_fn(apply_fn, params, state), labels, 3.0), schedule,
 shape=(n, 28, 28, 1))``. The old sampler keywords (``labels=``, ``gamma=``, ``num_classes=``,
