@@ -13,7 +13,8 @@ batches only). ``--preset book`` sets (whatever the flags say):
 * no weight averaging (``--ema-decay 0``: the sampled weights are the trained ones), no BatchNorm
   re-estimation and no clipping of x̂0;
 * DDPM-1000 sample grids of 20 images, step 10's with 20 uniformly random labels (the book's
-  ``torch.randint(0, 10, (20,))``, drawn here from the run's key), guidance γ = 3.
+  ``torch.randint(0, 10, (20,))``, drawn here from the run's key), guidance γ = 3 at every ``t``
+  (``--guidance-interval all``).
 
 Samples are still judged like the project's own pipeline (cfg_accuracy on DDIM-50 samples, FIDs).
 :data:`BOOK_LOSSES` are the book's printed per-epoch losses, drawn beside the run's loss curve.
@@ -45,7 +46,7 @@ BOOK_STEPS_PER_EPOCH = 469
 PRESET_HELP = (
     "project: the project's pipeline (EMA, BatchNorm re-estimation, DDIM grids); book: the book's own "
     "settings (width 64, 4,690 steps with the last partial batch of each epoch kept, no EMA, no BatchNorm "
-    "re-estimation, DDPM-1000 grids, 20 random labels, γ = 3); see experiments._diffusion_book"
+    "re-estimation, DDPM-1000 grids, 20 random labels, γ = 3 at every t); see experiments._diffusion_book"
 )
 
 
@@ -63,6 +64,7 @@ def apply(config: Any) -> Any:
     }
     if "gamma" in {f.name for f in dataclasses.fields(config)}:
         book["gamma"] = 3.0
+        book["guidance_interval"] = "all"
     return dataclasses.replace(config, **book)
 
 

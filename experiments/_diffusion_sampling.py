@@ -2,8 +2,8 @@
 :class:`SamplerSpec` (so sampling seconds exclude compilation), run in chunks of ``--sample-batch``.
 
 The conditioning is an ε-function transform of the model (:data:`CONDITIONS`): the unconditional
-model itself, ``diffusion.conditional`` (labels, one forward pass) or ``diffusion.guided`` (labels and
-γ, one pass on a doubled batch).
+model itself, ``diffusion.conditional`` (labels, one forward pass) or ``diffusion.guided`` (labels,
+γ and the guidance interval, one pass on a doubled batch).
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from experiments import _fitting
 from experiments._diffusion import DiffusionConfig
 
 #: How the sampled ε-function is built from the model's ``eps_fn(x, t, labels=None, label_mask=None)``.
-CONDITIONS: dict[str, Callable[[Any, Any, Any], diffusion.EpsFn]] = {
-    "unconditional": lambda eps_fn, labels, gamma: eps_fn,
-    "conditional": lambda eps_fn, labels, gamma: diffusion.conditional(eps_fn, labels),
-    "guided": diffusion.guided,
+CONDITIONS: dict[str, Callable[[Any, Any, Any, Any], diffusion.EpsFn]] = {
+    "unconditional": lambda eps_fn, labels, gamma, interval: eps_fn,
+    "conditional": lambda eps_fn, labels, gamma, interval: diffusion.conditional(eps_fn, labels),
+    "guided": lambda eps_fn, labels, gamma, interval: diffusion.guided(
+        eps_fn, labels, gamma, interval=interval
+    ),
 }
 
 
@@ -45,6 +47,7 @@ class SamplerSpec:
     every: int
     condition: str  # a key of CONDITIONS
     clip_x0: tuple[float, float] | None = None
+    interval: tuple[int, int] | None = None  # guided only: guide for t_lo <= t <= t_hi (None: every t)
     mesh: Any = None  # the image batch is sharded over it (data parallel sampling)
 
 
@@ -70,7 +73,7 @@ def _executable(spec: SamplerSpec, args: tuple) -> Any:
     condition = CONDITIONS[spec.condition]
 
     def run(key, params, batch_stats, labels, gamma):
-        eps_fn = condition(diffusion.make_eps_fn(apply_fn, params, batch_stats), labels, gamma)
+        eps_fn = condition(diffusion.make_eps_fn(apply_fn, params, batch_stats), labels, gamma, spec.interval)
         options = {"shape": (spec.n, 28, 28, 1), "every": spec.every, "clip_x0": spec.clip_x0}
         options["sharding"] = training.batch_sharding(spec.mesh) if spec.mesh is not None else None
         if spec.kind == "ddpm":
@@ -94,6 +97,7 @@ def sample(
     condition: str = "unconditional",
     labels: np.ndarray | None = None,
     gamma: float | None = None,
+    interval: tuple[int, int] | None = None,
 ) -> Samples:
     """``n`` samples in chunks of ``--sample-batch`` (chunk ``i`` uses ``fold_in(key, i)``), each chunk
     sharded over the step's device mesh (``--devices``; the chunk is rounded up to a multiple of the
@@ -109,6 +113,8 @@ def sample(
             ``labels`` and ``gamma``.
         labels: ``(n,)`` conditioning labels.
         gamma: the guidance scale.
+        interval: ``"guided"`` only: ``(t_lo, t_hi)`` to guide only there (the conditional model
+            elsewhere), or ``None`` to guide at every ``t``.
     """
     every = max(1, (config.num_timesteps if kind == "ddpm" else config.ddim_steps) // 10)
     mesh = _fitting.data_mesh(config)
@@ -126,6 +132,7 @@ def sample(
         every=every,
         condition=condition,
         clip_x0=(0.0, 1.0) if config.clip_x0 else None,
+        interval=interval if condition == "guided" else None,
         mesh=mesh,
     )
     outs, seconds = [], 0.0

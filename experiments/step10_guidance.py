@@ -5,7 +5,11 @@ time vector; 2,168,784 parameters at width 64) with classifier-free guidance: th
 labels are dropped with probability 0.1 (book; ``--drop-mode example`` drops per example;
 ``--label-drop 0`` is the book's plain conditional model). Sampling mixes the two predictions as
 ε = ε_u + γ(ε_c − ε_u) from one forward pass on a doubled batch (γ = 0: unconditional, γ = 1:
-conditional, book γ = 3).
+conditional, book γ = 3). By default the guidance acts only for t ≤ 400 and the conditional model
+samples the noisier steps (``--guidance-interval 1,400``; guidance in a limited interval, Kynkäänniemi
+et al., 2024): guiding the high-noise steps is what narrows the samples to a few typical digits per
+label (see ``experiments/results/issue16_background``); ``--guidance-interval all`` (and
+``--preset book``) guides at every t as the book does.
 
 Judged by numbers with the project's CNN (trained on the same dataset): ``cfg_accuracy`` — the
 fraction of generated images the judge labels as their conditioning label — for every γ of
@@ -49,6 +53,7 @@ class Config(_diffusion.DiffusionConfig):
     drop_mode: str = "batch"
     gamma: float = 3.0
     gammas: str = "0,1,3,5"
+    guidance_interval: str = "1,400"
     sweep_sampler: str = "ddim"
 
     SUMMARY = (
@@ -67,6 +72,8 @@ class Config(_diffusion.DiffusionConfig):
         "drop_mode": "batch: drop the whole batch's labels (book); example: drop each example's label",
         "gamma": "guidance scale γ for the sample grid and the FID samples (book: 3)",
         "gammas": "comma-separated guidance scales of the sweep (γ = 0 unconditional, 1 conditional)",
+        "guidance_interval": "LO,HI: guide only for LO <= t <= HI, the conditional model elsewhere (guidance "
+        "in a limited interval); all: guide at every t (the book)",
         "sweep_sampler": "sampler for the guidance sweep: ddim (--ddim-steps) or ddpm (T steps)",
     }
     CHOICES = {
@@ -87,6 +94,31 @@ def parse_gammas(text: str) -> list[float]:
     return values
 
 
+def parse_interval(text: str, num_timesteps: int) -> tuple[int, int] | None:
+    """``--guidance-interval``: ``"all"`` (or an interval covering ``1..T``) is ``None``, guidance at every
+    ``t``; ``"LO,HI"`` is ``(LO, min(HI, T))`` with ``1 <= LO <= HI`` and ``LO <= T`` (a shorter schedule,
+    e.g. ``--num-timesteps 20``, is guided up to its own ``T``)."""
+    fix = f"pass e.g. --guidance-interval 1,400 (guide for t <= 400) or all (every t of 1..{num_timesteps})"
+    if text.strip().lower() == "all":
+        return None
+    try:
+        lo, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        message = f"--guidance-interval must be LO,HI (two integers) or all, got {text!r}; {fix}"
+        raise ValueError(message) from None
+    if not (1 <= lo <= hi and lo <= num_timesteps):
+        raise ValueError(
+            f"--guidance-interval must satisfy 1 <= LO <= HI and LO <= T = {num_timesteps}, got {text!r}; {fix}"
+        )
+    hi = min(hi, num_timesteps)
+    return None if (lo, hi) == (1, num_timesteps) else (lo, hi)
+
+
+def interval_label(interval: tuple[int, int] | None) -> str:
+    """How figures and metrics name the guidance interval."""
+    return "every t" if interval is None else f"t in {interval[0]}..{interval[1]}"
+
+
 def validate(config: Config) -> list[float]:
     """Check the settings (all before training); return the guidance scales to sweep."""
     _diffusion.validate(config)
@@ -100,6 +132,7 @@ def validate(config: Config) -> list[float]:
             f"conditioned on labels i % {NUM_CLASSES} and cfg_accuracy_per_class needs every class; pass "
             f"--num-samples {NUM_CLASSES} or more"
         )
+    parse_interval(config.guidance_interval, config.num_timesteps)
     gammas = parse_gammas(config.gammas)
     if config.gamma not in gammas:
         gammas.append(config.gamma)
@@ -152,6 +185,7 @@ def main(config: Config) -> dict:
         **run["judge_info"],
         **base,
         "cfg_gammas": gammas,
+        "guidance_interval": interval_label(parse_interval(config.guidance_interval, config.num_timesteps)),
         "sweep_sampler": config.sweep_sampler,
         **sweep["metrics"],
     }
@@ -163,7 +197,8 @@ def main(config: Config) -> dict:
         + f"; DDPM {config.num_timesteps} steps, DDIM {config.ddim_steps} steps"
     )
     m["fid_note"] = (
-        f"judge-CNN penultimate features, first {n_fid} samples (labels i % 10) at γ={config.gamma:g} vs "
+        f"judge-CNN penultimate features, first {n_fid} samples (labels i % 10) at γ={config.gamma:g} "
+        f"({m['guidance_interval']}) vs "
         f"{n_fid} test images; floor = training vs test images, same count"
     )
     m["quick_note"] = _diffusion.quick_note(config, "{n} samples per γ (see cfg_num_samples)")
@@ -188,7 +223,8 @@ def book_grid(config: Config, model: Any, state: Any, key: jax.Array, judge_para
     (its ``torch.randint(0, 10, (20,))``), judged; the sampled weights are the trained ones (no EMA)."""
     key_labels, key_x = jax.random.split(key)
     labels = _diffusion_book.random_labels(key_labels)
-    condition = {"condition": condition_for(config.gamma), "labels": labels, "gamma": config.gamma}
+    condition = {"condition": condition_for(config.gamma), "labels": labels, "gamma": config.gamma,
+                 "interval": parse_interval(config.guidance_interval, config.num_timesteps)}  # fmt: skip
     samples = _diffusion_sampling.sample(config, model, state.ema_params, state.model_state, key_x,
                                          n=len(labels), kind="ddpm", **condition)  # fmt: skip
     _, preds = _diffusion_judge.judge_outputs(judge_params, samples.x0)
@@ -214,10 +250,12 @@ def guidance_sweep(
     key, k_bn = jax.random.split(key)
     ema = state.ema_params
     stats = _diffusion.recalibrate_batch_stats(config, model, ema, state.model_state, data, k_bn)
+    interval = parse_interval(config.guidance_interval, config.num_timesteps)
 
     def draw(k, *, n, gamma, kind):
         labels = np.arange(n, dtype=np.int32) % NUM_CLASSES
         condition = {"condition": condition_for(gamma), "labels": labels, "gamma": gamma}
+        condition["interval"] = interval
         samples = _diffusion_sampling.sample(config, model, ema, stats, k, n=n, kind=kind, **condition)
         return samples, labels
 
@@ -253,6 +291,7 @@ def guidance_sweep(
 
 def figures(out, config, history, sweep, gammas, ceiling, *, pretrained: bool = False) -> None:
     origin = ", pretrained weights (shipped)" if pretrained else ""
+    where = interval_label(parse_interval(config.guidance_interval, config.num_timesteps))
     shown, accuracy, per_class = sweep["shown"], sweep["accuracy"], sweep["per_class"]
     per_label = min(10, len(shown[config.gamma]) // NUM_CLASSES)
     if per_label >= 1:
@@ -262,7 +301,7 @@ def figures(out, config, history, sweep, gammas, ceiling, *, pretrained: bool = 
             x.transpose(1, 0, 2, 3, 4).reshape(-1, 28, 28, 1),
             NUM_CLASSES,
             per_label,
-            f"γ = {config.gamma:g} ({config.sweep_sampler}{origin}): row = conditioning label 0–9",
+            f"γ = {config.gamma:g} at {where} ({config.sweep_sampler}{origin}): row = conditioning label 0–9",
             "samples_per_label",
             yticks=[14 + 28 * i for i in range(10)],
             yticklabels=[str(i) for i in range(10)],
@@ -273,7 +312,8 @@ def figures(out, config, history, sweep, gammas, ceiling, *, pretrained: bool = 
         rows,
         len(gammas),
         NUM_CLASSES,
-        f"Guidance sweep{origin}, same starting noise: columns = labels 0–9 (γ = 0 ignores the label)",
+        f"Guidance sweep (γ at {where}){origin}, same starting noise: columns = labels 0–9 (γ = 0 ignores "
+        "the label)",
         "guidance_sweep",
         yticks=[14 + 28 * i for i in range(len(gammas))],
         yticklabels=[f"γ={g:g}" for g in gammas],

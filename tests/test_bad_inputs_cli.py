@@ -367,6 +367,12 @@ CASES: dict[str, Case] = {
         r"--gammas must be comma-separated numbers",
         r"like 0,1,3,5",
     ),
+    "step10-guidance-interval-reversed": Case(
+        _run(step10_guidance),
+        _args("--quick", "--guidance-interval", "400,1"),
+        r"--guidance-interval must satisfy 1 <= LO <= HI and LO <= T = 1000",
+        r"or all \(every t of 1..1000\)",
+    ),
     "step05-restarts-negative": Case(
         _run(step05_em),
         _args("--restarts", "-2"),

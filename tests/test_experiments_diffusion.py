@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import _diffusion, _diffusion_judge, step09_diffusion, step10_guidance
+from experiments import _diffusion, _diffusion_book, _diffusion_judge, step09_diffusion, step10_guidance
 
 # tiny but complete: width 8 (quick), T = 20, DDIM 5 steps, 20 judged samples, 1 epoch
 TINY = {"quick": True, "num_timesteps": 20, "ddim_steps": 5, "epochs": 1, "weights": "train"}
@@ -43,8 +43,9 @@ def test_step10_runs_and_reuses_a_judge_of_the_same_dataset(tmp_path):
     training.save_params(judge_dir / "params", params)
     (judge_dir / "config.json").write_text(json.dumps({"dataset": "mnist-5k"}))
     config = replace(step10_guidance.Config(), out=str(tmp_path / "s10"), plots=False, gammas="0,3", **TINY)
-    m = step10_guidance.main(config)
+    m = step10_guidance.main(replace(config, guidance_interval="2,10"))
     assert m["judge_source"].startswith("reused") and m["cfg_gammas"] == [0.0, 3.0]
+    assert m["guidance_interval"] == "t in 2..10"
     assert len(m["cfg_accuracy"]) == 2 and all(0 <= a <= 1 for a in m["cfg_accuracy"])
     assert len(m["cfg_accuracy_per_class_g3"]) == 10
     assert {"sample_fid_ddim", "sample_fid_ddpm", "ddim_over_ddpm_fid", "fid_real_floor"} <= set(m)
@@ -73,6 +74,16 @@ def test_diffusion_training_resumes_bit_for_bit(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # params, Adam, batch stats, EMA
 
 
+def test_step10_guidance_interval_parses_against_the_schedule():
+    parse = step10_guidance.parse_interval
+    assert parse("1,400", 1000) == (1, 400) and parse(" 5,5", 1000) == (5, 5)
+    assert parse("all", 1000) is None and parse("ALL", 20) is None
+    assert parse("1,1000", 1000) is None  # covering 1..T is the plain rule
+    assert parse("1,400", 20) is None and parse("3,400", 20) == (3, 20)  # HI beyond T: up to T
+    assert step10_guidance.Config().guidance_interval == "1,400"
+    assert _diffusion_book.apply(replace(step10_guidance.Config(), preset="book")).guidance_interval == "all"
+
+
 @pytest.mark.parametrize(
     ("module", "overrides", "message"),
     [
@@ -80,6 +91,9 @@ def test_diffusion_training_resumes_bit_for_bit(tmp_path):
         (step10_guidance, {"gammas": "0,-3"}, "--gammas must be numbers >= 0"),
         (step10_guidance, {"gammas": "a,b"}, "comma-separated numbers"),
         (step10_guidance, {"label_drop": 1.5}, "--label-drop must be a probability"),
+        (step10_guidance, {"guidance_interval": "400"}, "--guidance-interval must be LO,HI"),
+        (step10_guidance, {"guidance_interval": "500,100"}, r"1 <= LO <= HI and LO <= T = 20"),
+        (step10_guidance, {"guidance_interval": "21,400"}, r"1 <= LO <= HI and LO <= T = 20"),
         (step09_diffusion, {"num_timesteps": 1}, "--num-timesteps must be >= 2"),
         (step09_diffusion, {"beta_end": 1.5}, "β|beta"),
         (step09_diffusion, {"beta_start": 0.03, "beta_end": 0.02}, "decreas|increas"),
