@@ -64,6 +64,7 @@ class DiffusionConfig:
     judge: str = "auto"
     epoch_mode: str = "stepped"
     resume: bool = False
+    allow_lr_change: bool = False
     weights: str = "auto"
     preset: str = "project"
     clip_x0: bool = False
@@ -107,6 +108,7 @@ COMMON_HELP = {
     "epoch_mode": "stepped (one compiled step per batch from Python; faster for convolutions on "
     "XLA:CPU) or scan (one compiled lax.scan per epoch); identical numbers",
     "resume": "continue from OUT/checkpoints (same settings) instead of starting over",
+    "allow_lr_change": _fitting.ALLOW_LR_CHANGE_HELP,
     **_fitting.MESH_HELP,
     "weights": "auto: under --quick sample the project's shipped trained weights (mnist-5k; labelled "
     "pretrained) instead of training, else train; pretrained: always sample them (no training; full sample "
@@ -410,5 +412,6 @@ def training_metrics(
         "final_loss": history["loss"][-1],
         "book_final_loss": book_final_loss,
         "epoch_seconds": history["epoch_seconds"],
+        **({"training_changes": history["changes"]} if history.get("changes") else {}),
         **info,
     }

@@ -25,6 +25,7 @@ from dlx_jax import training
 from experiments import _outputs
 
 __all__ = [
+    "ALLOW_LR_CHANGE_HELP",
     "MESH_HELP",
     "check_checkpoints",
     "checkpoint_errors",
@@ -33,6 +34,12 @@ __all__ = [
     "mesh_fingerprint",
     "train",
 ]
+
+ALLOW_LR_CHANGE_HELP = (
+    "with --resume: continue the checkpointed run at this --lr although it was trained at another (a "
+    "deliberate change from the restored epoch on, e.g. a lower rate for the last epochs; recorded as "
+    "training_changes)"
+)
 
 MESH_HELP = {
     "devices": "devices of the data mesh (default: all JAX sees); each trains on an equal share of every "
@@ -91,6 +98,11 @@ def check_checkpoints(config: Any) -> None:
                 f"{out / name} is a file, but training keeps its checkpoints in a folder of that name; "
                 "move the file away or pass another --out"
             )
+    if getattr(config, "allow_lr_change", False) and not getattr(config, "resume", False):
+        raise ValueError(
+            "--allow-lr-change only acts with --resume (it lets a checkpointed run continue at a new --lr); "
+            "add --resume, or drop --allow-lr-change"
+        )
     if getattr(config, "resume", False) and _resume_source(out) is None:
         note = f"note: --resume: no checkpoint in {out / 'checkpoints'} yet; training from scratch"
         print(note, file=sys.stderr)
@@ -192,7 +204,8 @@ def train(
     step's outputs are written (``StepOutput(config, checkpoints=True)``); ``config.resume``
     continues an interrupted run (or a finished one, longer, or one killed after training: then
     without training again) with the same numbers as an uninterrupted run, and refuses a checkpoint
-    made under another ``fingerprint``. A diverged run raises ``ValueError`` before anything is
+    made under another ``fingerprint`` (except a new ``lr`` with ``--allow-lr-change``, recorded in
+    ``history["changes"]``). A diverged run raises ``ValueError`` before anything is
     written. ``progress=False``: no bar of ``fit``'s own (the step draws one).
     """
     start = time.perf_counter()
@@ -206,6 +219,7 @@ def train(
             checkpoint_dir=Path(config.out) / "checkpoints",
             resume=bool(getattr(config, "resume", False)),
             fingerprint=fingerprint,
+            may_change=("lr",) if getattr(config, "allow_lr_change", False) else (),
             evaluate=evaluate,
             eval_every=eval_every,
             progress=progress,

@@ -43,6 +43,7 @@ class Config:
     batch_size: int = 128
     lr: float = 1e-3
     resume: bool = False
+    allow_lr_change: bool = False
     ensemble: int = 1
     devices: int | None = None
     coordinator: str | None = None
@@ -58,6 +59,7 @@ class Config:
         "batch_size": "examples per Adam step",
         "lr": "Adam learning rate",
         "resume": "continue from OUT/checkpoints (same settings) instead of starting over (jax backend)",
+        "allow_lr_change": _fitting.ALLOW_LR_CHANGE_HELP,
         "ensemble": _ensembles.HELP + " (jax backend)",
         **_fitting.MESH_HELP,
     }

@@ -47,6 +47,7 @@ class Config:
     hidden_dim: int = 200
     iwae_k: int = 500
     resume: bool = False
+    allow_lr_change: bool = False
     devices: int | None = None
     coordinator: str | None = None
     num_processes: int | None = None
@@ -65,6 +66,7 @@ class Config:
         "hidden_dim": "hidden units of encoder and decoder (book: 200)",
         "iwae_k": "importance samples per test image for the IWAE bound (--quick caps it at 16)",
         "resume": "continue from OUT/checkpoints (same settings) instead of starting over",
+        "allow_lr_change": _fitting.ALLOW_LR_CHANGE_HELP,
         **_fitting.MESH_HELP,
         "compare_torch": "train the book's PyTorch model alongside: auto = when torch is installed "
         "and not --quick",

@@ -37,6 +37,7 @@ class Config:
     hidden_dim: int = 100
     iwae_k: int = 500
     resume: bool = False
+    allow_lr_change: bool = False
     devices: int | None = None
     coordinator: str | None = None
     num_processes: int | None = None
@@ -53,6 +54,7 @@ class Config:
         "hidden_dim": "hidden units of every MLP (book: 100)",
         "iwae_k": "importance samples per test image for the IWAE bound (--quick caps it at 16)",
         "resume": "continue from OUT/checkpoints (same settings) instead of starting over",
+        "allow_lr_change": _fitting.ALLOW_LR_CHANGE_HELP,
         **_fitting.MESH_HELP,
     }
     LIMITS = _generative.VAE_LIMITS

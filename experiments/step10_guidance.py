@@ -108,7 +108,8 @@ def parse_interval(text: str, num_timesteps: int) -> tuple[int, int] | None:
         raise ValueError(message) from None
     if not (1 <= lo <= hi and lo <= num_timesteps):
         raise ValueError(
-            f"--guidance-interval must satisfy 1 <= LO <= HI and LO <= T = {num_timesteps}, got {text!r}; {fix}"
+            f"--guidance-interval must satisfy 1 <= LO <= HI and LO <= T = {num_timesteps}, got {text!r}; "
+            + fix
         )
     hi = min(hi, num_timesteps)
     return None if (lo, hi) == (1, num_timesteps) else (lo, hi)

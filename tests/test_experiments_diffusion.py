@@ -74,6 +74,22 @@ def test_diffusion_training_resumes_bit_for_bit(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # params, Adam, batch stats, EMA
 
 
+def test_diffusion_training_continues_at_a_new_lr_only_when_asked(tmp_path):
+    config = replace(step09_diffusion.Config(), out=str(tmp_path / "a"), **TINY)
+    data = _diffusion.load_images(config)
+    model = _diffusion.build_model(config, conditional=False)
+    key = jax.random.key(3)
+    _diffusion.train(config, model, data, key, loss_options={}, fingerprint={})
+    lower = replace(config, epochs=2, resume=True, lr=config.lr / 10)
+    with pytest.raises(ValueError, match=r"'lr': \(0.001, 0.0001\).*--allow-lr-change"):
+        _diffusion.train(lower, model, data, key, loss_options={}, fingerprint={})
+    _, history, _ = _diffusion.train(
+        replace(lower, allow_lr_change=True), model, data, key, loss_options={}, fingerprint={}
+    )
+    assert len(history["loss"]) == 2 and history["changes"] == [{"epoch": 1, "lr": [0.001, 0.0001]}]
+    assert _diffusion.training_metrics(history, {}, 0.0)["training_changes"] == history["changes"]
+
+
 def test_step10_guidance_interval_parses_against_the_schedule():
     parse = step10_guidance.parse_interval
     assert parse("1,400", 1000) == (1, 400) and parse(" 5,5", 1000) == (5, 5)
@@ -91,6 +107,7 @@ def test_step10_guidance_interval_parses_against_the_schedule():
         (step10_guidance, {"gammas": "0,-3"}, "--gammas must be numbers >= 0"),
         (step10_guidance, {"gammas": "a,b"}, "comma-separated numbers"),
         (step10_guidance, {"label_drop": 1.5}, "--label-drop must be a probability"),
+        (step09_diffusion, {"allow_lr_change": True}, "--allow-lr-change only acts with --resume"),
         (step10_guidance, {"guidance_interval": "400"}, "--guidance-interval must be LO,HI"),
         (step10_guidance, {"guidance_interval": "500,100"}, r"1 <= LO <= HI and LO <= T = 20"),
         (step10_guidance, {"guidance_interval": "21,400"}, r"1 <= LO <= HI and LO <= T = 20"),

@@ -228,6 +228,43 @@ def test_resume_checks_settings_before_reading_arrays(problem, key, tmp_path):
     assert training.latest_checkpoint(tmp_path / "new") == 1 and int(fresh.step) == 6
 
 
+def test_resume_may_continue_at_another_learning_rate(problem, key, tmp_path):
+    """may_change=("lr",): a finished 2-epoch run continues to 4 epochs with an epoch function built
+    at a new learning rate, exactly as restoring its state and running epochs 2 and 3 (keys
+    fold_in(key, e)) by hand; the change is recorded once and the checkpoints carry the new lr."""
+    data, state, _, epoch = problem
+    slow_step = training.make_train_step(loss_fn, optax.adam(0.01))
+    slower = jax.jit(training.make_epoch_fn(slow_step, batch_size=8))
+    ckpt = tmp_path / "ckpt"
+    training.fit(key, state, data, epoch_fn=epoch, epochs=2, checkpoint_dir=ckpt, fingerprint={"lr": 0.05},
+                 progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"'lr': \(0.05, 0.01\).*may_change=\('lr',\)"):
+        training.fit(key, state, data, epoch_fn=slower, epochs=4, checkpoint_dir=ckpt, resume=True,
+                     fingerprint={"lr": 0.01}, progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"other settings.*'n': \(None, 3\)"):  # only the keys named
+        training.fit(key, state, data, epoch_fn=slower, epochs=4, checkpoint_dir=ckpt, resume=True,
+                     fingerprint={"lr": 0.01, "n": 3}, may_change=("lr",), progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="may_change must be a collection"):
+        training.fit(key, state, data, epoch_fn=slower, epochs=4, checkpoint_dir=ckpt, resume=True,
+                     fingerprint={"lr": 0.01}, may_change="lr", progress=False)  # fmt: skip
+    got, history = training.fit(key, state, data, epoch_fn=slower, epochs=4, checkpoint_dir=ckpt, resume=True,
+                                fingerprint={"lr": 0.01}, may_change=("lr",), progress=False)  # fmt: skip
+    want, first = training.fit(key, state, data, epoch_fn=epoch, epochs=2, progress=False)
+    losses = list(first["loss"])
+    for e in (2, 3):
+        want, metrics = slower(jax.random.fold_in(key, e), want, data)
+        losses.append(float(jnp.mean(metrics["loss"])))
+    _leaves_equal(got, want)
+    assert history["loss"] == losses
+    assert history["changes"] == [{"epoch": 2, "lr": [0.05, 0.01]}]
+    _, meta = training.restore_checkpoint(ckpt, got)
+    assert meta["fingerprint"] == {"lr": 0.01} and meta["history"]["changes"] == history["changes"]
+    # from now on the new rate is the run's own: a plain resume continues it, the change kept once
+    _, again = training.fit(key, state, data, epoch_fn=slower, epochs=5, checkpoint_dir=ckpt, resume=True,
+                            fingerprint={"lr": 0.01}, progress=False)  # fmt: skip
+    assert again["changes"] == history["changes"] and len(again["loss"]) == 5
+
+
 def test_a_diverging_run_leaves_a_good_run_untouched(key, tmp_path):
     data = _data()
     params = {"w": jnp.zeros(3), "b": jnp.zeros(())}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,24 +54,36 @@ def _check_settings(epochs: int, eval_every: int, resume: bool, checkpoint_dir: 
         raise ValueError("resume=True needs a checkpoint_dir to resume from")
 
 
-def _check_resumable(source: Path, meta: Mapping[str, Any], fingerprint: dict, epochs: int) -> None:
-    """The checkpoint's settings must equal ``fingerprint`` and it must not hold more than ``epochs``."""
+def _check_resumable(
+    source: Path, meta: Mapping[str, Any], fingerprint: dict, epochs: int, may_change: frozenset[str]
+) -> dict[str, list]:
+    """The checkpoint's settings must equal ``fingerprint`` except for keys in ``may_change`` (present
+    in both), and it must not hold more than ``epochs``; returns what changes, ``{key: [saved, now]}``."""
     saved = meta.get("fingerprint", {})
-    if saved != fingerprint:
-        diff = {
-            k: (saved.get(k), fingerprint.get(k))
-            for k in sorted(set(saved) | set(fingerprint))
-            if saved.get(k) != fingerprint.get(k)
-        }
+    diff = {
+        k: [saved.get(k), fingerprint.get(k)]
+        for k in sorted(set(saved) | set(fingerprint))
+        if saved.get(k) != fingerprint.get(k)
+    }
+    free = {k for k in may_change if k in saved and k in fingerprint}
+    refused = {k: tuple(v) for k, v in diff.items() if k not in free}
+    if refused:
+        hint = ""
+        if "lr" in refused and "lr" not in may_change:
+            hint = (
+                "; to continue deliberately at another learning rate pass may_change=('lr',) "
+                "(the steps: --allow-lr-change)"
+            )
         raise ValueError(
             f"the checkpoint in {str(source)!r} was made with other settings "
-            f"(saved, now): {diff}; use the same settings or run without --resume"
+            f"(saved, now): {refused}; use the same settings or run without --resume{hint}"
         )
     if int(meta["epoch"]) > epochs:
         raise ValueError(
             f"the checkpoint already has {meta['epoch']} epochs, more than epochs={epochs}; "
             f"pass --epochs >= {meta['epoch']} or run without --resume"
         )
+    return diff
 
 
 def _copy_dir(src: Path, dst: Path) -> None:
@@ -84,14 +96,22 @@ def _copy_dir(src: Path, dst: Path) -> None:
 
 
 def _resume(
-    checkpoint_dir: Path, state: TrainState, fingerprint: dict, *, epochs: int, resume: bool
+    checkpoint_dir: Path,
+    state: TrainState,
+    fingerprint: dict,
+    *,
+    epochs: int,
+    resume: bool,
+    may_change: frozenset[str] = frozenset(),
 ) -> tuple[TrainState, int, dict[str, list], str]:
     """Where a checkpointed run starts: ``(state, first epoch, history, note for the bar)``.
 
     With ``resume`` the newest checkpoint of ``<checkpoint_dir>.partial`` (an interrupted run) or
     else of ``checkpoint_dir`` (a finished one, copied to the partial folder to train on) is
-    checked against ``fingerprint`` and ``epochs`` before any array is read, then restored.
-    Otherwise (or when there is none) the partial folder is cleared and the run starts at epoch 0.
+    checked against ``fingerprint`` and ``epochs`` before any array is read, then restored; the
+    settings of ``may_change`` that differ are appended to ``history["changes"]`` as
+    ``{"epoch": e, key: [saved, now], ...}``. Otherwise (or when there is none) the partial folder is
+    cleared and the run starts at epoch 0.
     """
     from dlx_jax import training  # the public checkpoint functions, see fit
 
@@ -104,13 +124,18 @@ def _resume(
         sync_processes("dlx_jax.fit: fresh partial folder")
         note = " (no checkpoint to resume: starting over)" if resume else ""
         return state, 0, _new_history(), note
-    _check_resumable(source, restore_meta(source, training.latest_checkpoint(source)), fingerprint, epochs)
+    meta = restore_meta(source, training.latest_checkpoint(source))
+    changed = _check_resumable(source, meta, fingerprint, epochs, may_change)
     state, meta = training.restore_checkpoint(source, state)
     sync_processes("dlx_jax.fit: restored")
     if source != partial and is_primary():
         _copy_dir(source, partial)
     sync_processes("dlx_jax.fit: partial folder ready")
-    return state, int(meta["epoch"]), {k: list(v) for k, v in meta["history"].items()}, ""
+    history = {k: list(v) for k, v in meta["history"].items()}
+    if changed and int(meta["epoch"]) < epochs:  # recorded once training goes on under them
+        history.setdefault("changes", []).append({"epoch": int(meta["epoch"]), **changed})
+    note = "".join(f" ({k} {a} -> {b})" for k, (a, b) in changed.items())
+    return state, int(meta["epoch"]), history, note
 
 
 def _epoch_key(key: PRNGKeyArray, e: int) -> PRNGKeyArray:
@@ -154,6 +179,7 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     fingerprint: Mapping[str, Any] | None = None,
+    may_change: Collection[str] = (),
     evaluate: EvalFn | None = None,
     eval_every: int = 1,
     progress: bool = True,
@@ -172,7 +198,11 @@ def fit(
     into ``<checkpoint_dir>.partial``, which replaces ``checkpoint_dir`` when all epochs are done.
     ``resume=True`` continues from that partial folder (an interrupted run) or else from
     ``checkpoint_dir`` (a finished run, to train it longer), and reproduces the uninterrupted run bit
-    for bit (same keys, same batches). The fingerprint is compared before any array is read. A
+    for bit (same keys, same batches). The fingerprint is compared before any array is read; keys
+    named in ``may_change`` may differ (a deliberate change from the restored epoch on, e.g. a lower
+    learning rate for the last epochs: the new value is in effect because ``epoch_fn`` was built with
+    it; the change is recorded in ``history["changes"]`` and the checkpoints carry the new
+    fingerprint). A
     non-finite epoch loss stops the run with a ``ValueError``; the previous ``checkpoint_dir`` is
     left as it was.
 
@@ -191,6 +221,8 @@ def fit(
         resume: continue from the newest checkpoint when there is one (else start over, saying so
             in the bar's label).
         fingerprint: JSON-able settings that must match on resume (model sizes, learning rate, ...).
+        may_change: fingerprint keys that may differ on resume, e.g. ``("lr",)`` to continue a run at
+            another learning rate (its ``epoch_fn`` built with it); default none.
         evaluate: ``evaluate(epoch, state) -> mapping`` of results (test accuracy, a sample grid, ...).
         eval_every: evaluate every this many epochs (and after the last).
         progress: show a tqdm bar over epochs (also disabled by ``TQDM_DISABLE=1``).
@@ -221,13 +253,17 @@ def fit(
     from dlx_jax import training
 
     _check_settings(epochs, eval_every, resume, checkpoint_dir)
+    if isinstance(may_change, str) or not all(isinstance(k, str) for k in may_change):
+        raise ValueError(
+            f"may_change must be a collection of fingerprint keys, got {may_change!r}; pass e.g. ('lr',)"
+        )
     fingerprint = _jsonable(dict(fingerprint or {}))
     start, history, partial, note = 0, _new_history(), None, ""
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
         partial = partial_dir(checkpoint_dir)
         state, start, history, note = _resume(
-            checkpoint_dir, state, fingerprint, epochs=epochs, resume=resume
+            checkpoint_dir, state, fingerprint, epochs=epochs, resume=resume, may_change=frozenset(may_change)
         )
     extra = {} if progress else {"disable": True}  # else tqdm's own default (and TQDM_DISABLE) applies
     bar = tqdm(range(start, epochs), initial=start, total=epochs, desc=desc + note, unit="epoch", **extra)
