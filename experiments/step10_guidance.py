@@ -115,8 +115,14 @@ def parse_interval(text: str, num_timesteps: int) -> tuple[int, int] | None:
     return None if (lo, hi) == (1, num_timesteps) else (lo, hi)
 
 
-def interval_label(interval: tuple[int, int] | None) -> str:
-    """How figures and metrics name the guidance interval."""
+def interval_of(config: Config) -> tuple[int, int] | None:
+    """The run's guidance interval (:func:`parse_interval` of ``--guidance-interval`` against its ``T``)."""
+    return parse_interval(config.guidance_interval, config.num_timesteps)
+
+
+def interval_label(config: Config) -> str:
+    """How figures and metrics name the run's guidance interval."""
+    interval = interval_of(config)
     return "every t" if interval is None else f"t in {interval[0]}..{interval[1]}"
 
 
@@ -133,7 +139,7 @@ def validate(config: Config) -> list[float]:
             f"conditioned on labels i % {NUM_CLASSES} and cfg_accuracy_per_class needs every class; pass "
             f"--num-samples {NUM_CLASSES} or more"
         )
-    parse_interval(config.guidance_interval, config.num_timesteps)
+    interval_of(config)
     gammas = parse_gammas(config.gammas)
     if config.gamma not in gammas:
         gammas.append(config.gamma)
@@ -186,7 +192,7 @@ def main(config: Config) -> dict:
         **run["judge_info"],
         **base,
         "cfg_gammas": gammas,
-        "guidance_interval": interval_label(parse_interval(config.guidance_interval, config.num_timesteps)),
+        "guidance_interval": interval_label(config),
         "sweep_sampler": config.sweep_sampler,
         **sweep["metrics"],
     }
@@ -224,8 +230,8 @@ def book_grid(config: Config, model: Any, state: Any, key: jax.Array, judge_para
     (its ``torch.randint(0, 10, (20,))``), judged; the sampled weights are the trained ones (no EMA)."""
     key_labels, key_x = jax.random.split(key)
     labels = _diffusion_book.random_labels(key_labels)
-    condition = {"condition": condition_for(config.gamma), "labels": labels, "gamma": config.gamma,
-                 "interval": parse_interval(config.guidance_interval, config.num_timesteps)}  # fmt: skip
+    condition = {"condition": condition_for(config.gamma), "labels": labels, "gamma": config.gamma}
+    condition["interval"] = interval_of(config)
     samples = _diffusion_sampling.sample(config, model, state.ema_params, state.model_state, key_x,
                                          n=len(labels), kind="ddpm", **condition)  # fmt: skip
     _, preds = _diffusion_judge.judge_outputs(judge_params, samples.x0)
@@ -251,12 +257,11 @@ def guidance_sweep(
     key, k_bn = jax.random.split(key)
     ema = state.ema_params
     stats = _diffusion.recalibrate_batch_stats(config, model, ema, state.model_state, data, k_bn)
-    interval = parse_interval(config.guidance_interval, config.num_timesteps)
+    interval = interval_of(config)
 
     def draw(k, *, n, gamma, kind):
         labels = np.arange(n, dtype=np.int32) % NUM_CLASSES
-        condition = {"condition": condition_for(gamma), "labels": labels, "gamma": gamma}
-        condition["interval"] = interval
+        condition = dict(condition=condition_for(gamma), labels=labels, gamma=gamma, interval=interval)
         samples = _diffusion_sampling.sample(config, model, ema, stats, k, n=n, kind=kind, **condition)
         return samples, labels
 
@@ -292,7 +297,7 @@ def guidance_sweep(
 
 def figures(out, config, history, sweep, gammas, ceiling, *, pretrained: bool = False) -> None:
     origin = ", pretrained weights (shipped)" if pretrained else ""
-    where = interval_label(parse_interval(config.guidance_interval, config.num_timesteps))
+    where = interval_label(config)
     shown, accuracy, per_class = sweep["shown"], sweep["accuracy"], sweep["per_class"]
     per_label = min(10, len(shown[config.gamma]) // NUM_CLASSES)
     if per_label >= 1:

@@ -96,7 +96,7 @@ def test_the_book_preset_keeps_each_epochs_partial_batch():
 
 
 #: Step 10's default guidance interval (``--guidance-interval``), as the step samples.
-STEP10_INTERVAL = step10_guidance.parse_interval(step10_guidance.Config().guidance_interval, 1000)
+STEP10_INTERVAL = step10_guidance.interval_of(step10_guidance.Config())
 
 
 def _shipped_ddim(

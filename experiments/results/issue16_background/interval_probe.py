@@ -1,4 +1,5 @@
-"""FID, cfg_accuracy and background_level of the shipped step-10 UNet under guidance variants: γ applied
+"""FID, cfg_accuracy and background_level of the shipped step-10 UNet under guidance variants (the library's
+``diffusion.guided(..., interval=)``): γ applied
 only for ``t_lo <= t <= t_hi`` and the conditional model elsewhere (guidance in a limited interval).
 
     python experiments/results/issue16_background/interval_probe.py N "G,LO,HI;G,LO,HI;..."
@@ -38,13 +39,8 @@ def main() -> None:
         outs, t0 = [], time.time()
         for i in range(0, n, 250):
             m = min(250, n - i)
-
-            def eps_fn(x, t, lab=labels[i : i + m], m=m, g=g, lo=lo, hi=hi):
-                both = raw(jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([lab] * 2),
-                           jnp.concatenate([jnp.ones((m,)), jnp.zeros((m,))]))  # fmt: skip
-                ec, eu = both[:m], both[m:]
-                inside = ((t >= lo) & (t <= hi)).astype(x.dtype).reshape((m, 1, 1, 1))
-                return eu + (1.0 + inside * (g - 1.0)) * (ec - eu)
+            interval = None if (lo, hi) == (1, 1000) else (int(lo), int(hi))
+            eps_fn = diffusion.guided(raw, labels[i : i + m], g, interval=interval)
 
             def draw(k, e=eps_fn, m=m):
                 return diffusion.ddim_sample(k, e, sched, shape=(m, 28, 28, 1), num_steps=50)
