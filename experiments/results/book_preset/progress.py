@@ -30,13 +30,13 @@ class _Figures:
         fig.savefig(self.dest / f"{name}_{self.step}.png", dpi=110, bbox_inches="tight")
 
 
-def _over_book_epochs(losses: list[float], per: int, book_steps: list[float]) -> list[dict]:
-    """Per book epoch (469 optimizer steps of full MNIST; its printed loss is that span's mean), the mean
-    of this run's epoch losses whose middle step falls in the same span of optimizer steps."""
+def _over_book_epochs(losses: list[float], per: int, book_epochs: list[int]) -> list[dict]:
+    """Per printed book epoch k (469 optimizer steps of full MNIST; its printed loss is that span's mean),
+    the mean of this run's epoch losses whose middle step falls in the same span of optimizer steps."""
     span = _diffusion_book.BOOK_STEPS_PER_EPOCH
     rows = []
-    for k, middle in enumerate(book_steps, 1):
-        lo, hi = middle - span / 2, middle + span / 2
+    for k in book_epochs:
+        lo, hi = span * (k - 1), span * k
         inside = [v for e, v in enumerate(losses) if lo <= (e + 0.5) * per < hi]
         if inside:
             mean = sum(inside) / len(inside)
@@ -72,8 +72,8 @@ def main() -> None:
         "epoch_seconds": history.get("epoch_seconds", []),
         **_diffusion_book.loss_metrics(step, history, n, batch),
     }
-    book_steps = progress["book_epoch_loss_steps"]
-    progress["loss_over_book_epochs"] = _over_book_epochs(history["loss"], per, book_steps)
+    book_epochs = [k for k, _ in _diffusion_book.BOOK_LOSSES[step]]
+    progress["loss_over_book_epochs"] = _over_book_epochs(history["loss"], per, book_epochs)
     dest.mkdir(parents=True, exist_ok=True)
     (dest / f"progress_{step}.json").write_text(json.dumps(progress, indent=1) + "\n", encoding="utf-8")
     _diffusion_book.loss_figure(_Figures(dest, step), step, history, n, batch)
