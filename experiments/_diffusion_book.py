@@ -3,7 +3,8 @@ project's run beside the book's.
 
 The project's default pipeline differs from the book's in choices that help a small CPU run (weights
 averaged with EMA 0.995, BatchNorm statistics re-estimated for them, DDIM-50 sample grids, whole
-batches only). ``--preset book`` sets (whatever the flags say):
+batches only). ``--preset book`` sets the following; a flag that asks for a value other than both the
+book's and the project's default is an error naming it (a flag left at its default is overridden):
 
 * width 64 (the book's UNet, 2.17 M parameters);
 * the book's step count *with its partial last batch*: an epoch is ``ceil(n / 128)`` steps, the last
@@ -46,7 +47,8 @@ BOOK_STEPS_PER_EPOCH = 469
 PRESET_HELP = (
     "project: the project's pipeline (EMA, BatchNorm re-estimation, DDIM grids); book: the book's own "
     "settings (width 64, 4,690 steps with the last partial batch of each epoch kept, no EMA, no BatchNorm "
-    "re-estimation, DDPM-1000 grids, 20 random labels, γ = 3 at every t); see experiments._diffusion_book"
+    "re-estimation, DDPM-1000 grids, 20 random labels, γ = 3 at every t; a flag asking for another of "
+    "these is an error); see experiments._diffusion_book"
 )
 
 
@@ -62,9 +64,18 @@ def apply(config: Any) -> Any:
         "train_steps": BOOK_TRAIN_STEPS,
         "clip_x0": False,
     }
-    if "gamma" in {f.name for f in dataclasses.fields(config)}:
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    if "gamma" in defaults:
         book["gamma"] = 3.0
         book["guidance_interval"] = "all"
+    clashes = [name for name, value in book.items() if getattr(config, name) not in (defaults[name], value)]
+    if clashes:
+        flags = ", ".join(f"--{name.replace('_', '-')} {getattr(config, name)}" for name in clashes)
+        fixed = ", ".join(f"{name} = {book[name]}" for name in clashes)
+        raise ValueError(
+            f"--preset book sets the book's {fixed}, but the flags ask for {flags}; drop those flags to run "
+            f"the book's settings, or leave --preset at project to choose them yourself"
+        )
     return dataclasses.replace(config, **book)
 
 

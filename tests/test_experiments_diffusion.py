@@ -120,6 +120,12 @@ def test_step10_guidance_interval_parses_against_the_schedule():
         (step09_diffusion, {"bn_recalibration": -1}, "--bn-recalibration must be >= 0"),
         (step09_diffusion, {"batch_size": 100000}, "larger than the training set"),
         (step09_diffusion, {"judge": "/nonexistent/judge"}, "holds no trained CNN"),
+        (step09_diffusion, {"preset": "book", "features": 32}, r"--features 32; drop those flags"),
+        (
+            step10_guidance,
+            {"preset": "book", "guidance_interval": "1,500", "gamma": 2.0},
+            r"guidance_interval = all, but the flags ask for --gamma 2.0, --guidance-interval 1,500",
+        ),
     ],
 )
 def test_bad_settings_fail_before_any_output(tmp_path, module, overrides, message):
