@@ -230,8 +230,8 @@ def book_grid(config: Config, model: Any, state: Any, key: jax.Array, judge_para
     (its ``torch.randint(0, 10, (20,))``), judged; the sampled weights are the trained ones (no EMA)."""
     key_labels, key_x = jax.random.split(key)
     labels = _diffusion_book.random_labels(key_labels)
-    condition = {"condition": condition_for(config.gamma), "labels": labels, "gamma": config.gamma}
-    condition["interval"] = interval_of(config)
+    condition = dict(condition=condition_for(config.gamma), labels=labels, gamma=config.gamma,
+                     interval=interval_of(config))  # fmt: skip
     samples = _diffusion_sampling.sample(config, model, state.ema_params, state.model_state, key_x,
                                          n=len(labels), kind="ddpm", **condition)  # fmt: skip
     _, preds = _diffusion_judge.judge_outputs(judge_params, samples.x0)

@@ -56,6 +56,17 @@ def test_step10_runs_and_reuses_a_judge_of_the_same_dataset(tmp_path):
         step10_guidance.main(replace(config, judge=str(judge_dir)))
 
 
+def test_step10_book_preset_draws_the_books_figure(tmp_path):
+    config = replace(step10_guidance.Config(), out=str(tmp_path / "b10"), preset="book", gammas="3", **TINY)
+    m = step10_guidance.main(config)
+    assert m["preset"] == "book" and m["guidance_interval"] == "every t"
+    assert json.loads((tmp_path / "b10" / "config.json").read_text())["ema_decay"] == 0.0
+    labels, judged = np.asarray(m["book_grid_labels"]), np.asarray(m["book_grid_judged"])
+    assert labels.shape == judged.shape == (20,) and set(labels) <= set(range(10)) and len(set(labels)) > 1
+    assert m["book_grid_accuracy"] == np.mean(labels == judged) and m["book_grid_background_level"] >= 0
+    assert (tmp_path / "b10" / "book_samples.png").is_file()
+
+
 def test_diffusion_training_resumes_bit_for_bit(tmp_path):
     config = replace(step09_diffusion.Config(), out=str(tmp_path / "a"), **TINY)
     data = _diffusion.load_images(config)

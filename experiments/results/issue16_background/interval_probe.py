@@ -39,7 +39,7 @@ def main() -> None:
         outs, t0 = [], time.time()
         for i in range(0, n, 250):
             m = min(250, n - i)
-            interval = None if (lo, hi) == (1, 1000) else (int(lo), int(hi))
+            interval = step10_guidance.parse_interval(f"{int(lo)},{int(hi)}", 1000)  # 1..1000: None, every t
             eps_fn = diffusion.guided(raw, labels[i : i + m], g, interval=interval)
 
             def draw(k, e=eps_fn, m=m):
